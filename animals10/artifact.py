@@ -1,0 +1,157 @@
+"""The model artifact: one directory (local or s3://) that everything loads models from.
+
+    <artifact>/model.safetensors   weights (loading executes no pickled code)
+    <artifact>/model_card.json     architecture, class names in order, preprocessing, training
+                                   configuration, metrics, library versions, id
+    <artifact>/history.json|csv    per-epoch metrics (written by training)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from animals10 import storage
+from animals10.errors import ArtifactError, StorageError
+from animals10.models import create_model, unwrap
+from animals10.transforms import Preprocessing
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to use a model besides its weights."""
+
+    architecture: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+    model_kwargs: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    id: str = ""
+    versions: dict = field(default_factory=dict)
+    created_at: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "id": self.id,
+            "architecture": self.architecture,
+            "class_names": list(self.class_names),
+            "preprocessing": self.preprocessing.to_dict(),
+            "model_kwargs": self.model_kwargs,
+            "training": self.training,
+            "metrics": self.metrics,
+            "data": self.data,
+            "versions": self.versions,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelCard":
+        try:
+            return cls(
+                architecture=values["architecture"],
+                class_names=list(values["class_names"]),
+                preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+                model_kwargs=values.get("model_kwargs", {}),
+                training=values.get("training", {}),
+                metrics=values.get("metrics", {}),
+                data=values.get("data", {}),
+                id=values.get("id", ""),
+                versions=values.get("versions", {}),
+                created_at=values.get("created_at", ""),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArtifactError(f"The model card is missing or has a bad field ({error}).") from error
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode on its device, with its card."""
+
+    model: nn.Module
+    card: ModelCard
+    device: torch.device
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for package in ("animals10", "torch", "torchvision", "timm", "ray"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def save_artifact(model: nn.Module, card: ModelCard, uri: str, extra_files: dict[str, bytes] | None = None) -> str:
+    """Writes weights and card (and extra files) to `uri`; returns the artifact id."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    weights = save(state, metadata={"architecture": card.architecture})
+    card.id = card.id or f"{card.architecture}-{hashlib.sha256(weights).hexdigest()[:12]}"
+    card.versions = card.versions or library_versions()
+    card.created_at = card.created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # The card last: a reader that finds it finds complete weights.
+    for name, data in (extra_files or {}).items():
+        storage.write_bytes(storage.join(uri, name), data)
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights)
+    storage.write_bytes(storage.join(uri, CARD_FILE), json.dumps(card.to_dict(), indent=2).encode())
+    return card.id
+
+
+def read_card(uri: str) -> ModelCard:
+    try:
+        raw = storage.read_bytes(storage.join(uri, CARD_FILE))
+    except (FileNotFoundError, NotADirectoryError, StorageError) as error:
+        raise ArtifactError(f"'{uri}' is not a model artifact: it has no {CARD_FILE}.") from error
+    try:
+        return ModelCard.from_dict(json.loads(raw))
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"The model card in '{uri}' is not valid JSON ({error}).") from error
+
+
+def load_model(uri: str, device: torch.device | str | None = None) -> LoadedModel:
+    """The one loader: reads the card and weights, builds the model, returns it in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from animals10.device import get_device
+
+    card = read_card(uri)
+    device = torch.device(device) if device is not None else get_device()
+    try:
+        state = load(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
+    except (FileNotFoundError, StorageError) as error:
+        raise ArtifactError(f"'{uri}' has a model card but no {WEIGHTS_FILE}.") from error
+    except SafetensorError as error:
+        raise ArtifactError(f"The weights in '{uri}' are damaged ({error}).") from error
+    model = create_model(card.architecture, len(card.class_names), pretrained=False, **card.model_kwargs)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ArtifactError(f"The weights in '{uri}' do not fit a {card.architecture} model ({error}).") from error
+    return LoadedModel(model.to(device).eval(), card, device)
+
+
+def local_copy(uri: str) -> Path:
+    """A local directory with the artifact's files (downloads s3:// artifacts to a temporary dir)."""
+    if not storage.is_s3(uri):
+        return Path(uri)
+    return storage.download_dir(uri, tempfile.mkdtemp(prefix="animals10-artifact-"))

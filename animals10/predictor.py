@@ -1,0 +1,63 @@
+"""One `Predictor`: the model loaded once, called on batches. Ray Data's `map_batches` and the Serve
+deployment both use it, so online and offline predictions of the same photo are identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from animals10.artifact import load_model
+from animals10.device import autocast
+from animals10.transforms import to_model_input
+
+
+class Predictor:
+    """Loads an artifact once; turns (B, S, S, 3) uint8 photos into class probabilities.
+
+    On a GPU: bfloat16 autocast, channels_last, pinned host memory and non-blocking copies.
+    """
+
+    def __init__(self, model_uri: str, device: torch.device | str | None = None, top_k: int = 3, mixed_precision: bool = True):
+        loaded = load_model(model_uri, device)
+        self.model, self.card, self.device = loaded.model, loaded.card, loaded.device
+        self.class_names = self.card.class_names
+        self.preprocessing = self.card.preprocessing
+        self.image_size = self.preprocessing.image_size
+        self.top_k = min(top_k, len(self.class_names))
+        self.mixed_precision = mixed_precision
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def model_id(self) -> str:
+        return self.card.id
+
+    @torch.inference_mode()
+    def predict_probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(B, S, S, 3) uint8 -> (B, num_classes) float32 probabilities."""
+        batch = torch.as_tensor(images)
+        if len(batch) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = to_model_input(batch.to(self.device), self.preprocessing)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.mixed_precision):
+            logits = self.model(x)
+        return logits.float().softmax(dim=1).cpu().numpy()
+
+    def describe(self, probabilities: np.ndarray) -> list[dict]:
+        """Probabilities -> per image: label, label_index, confidence, top_k [{label, prob}]."""
+        results = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[: self.top_k]
+            results.append(
+                {
+                    "label": self.class_names[int(order[0])],
+                    "label_index": int(order[0]),
+                    "confidence": float(row[order[0]]),
+                    "top_k": [{"label": self.class_names[int(i)], "prob": float(row[i])} for i in order],
+                }
+            )
+        return results

@@ -1,0 +1,192 @@
+"""Local paths and s3:// URIs behind one small API: list, read, write, copy directories.
+
+Credentials come from the standard AWS chain (environment, shared config, instance role);
+`AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) points at an S3-compatible store.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+from animals10.errors import StorageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
+    bucket, _, key = str(uri)[len("s3://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"'{uri}' names no bucket; write it as s3://bucket/prefix.")
+    return bucket, key
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_s3(uri):
+        return "/".join([str(uri).rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(uri, *parts))
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def set_s3_endpoint(endpoint_url: str | None) -> None:
+    """Points this process (and the Ray workers it starts) at an S3-compatible store."""
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+
+
+@functools.lru_cache(maxsize=None)
+def _client(endpoint_url: str | None):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def s3_client():
+    return _client(s3_endpoint())
+
+
+
+def _explain(uri: str, error: Exception) -> StorageError:
+    """One sentence for the ways S3 access fails."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(error, NoCredentialsError):
+        return StorageError(f"No AWS credentials were found for '{uri}'; set them in the environment or ~/.aws.")
+    if isinstance(error, EndpointConnectionError):
+        return StorageError(f"Cannot reach the S3 endpoint for '{uri}' ({error}); check the network or AWS_ENDPOINT_URL.")
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket",):
+            return StorageError(f"The bucket of '{uri}' does not exist.")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return StorageError(f"'{uri}' does not exist.")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StorageError(f"Access to '{uri}' was denied ({code}); check the credentials and bucket policy.")
+        return StorageError(f"S3 refused '{uri}': {code or error}.")
+    return StorageError(f"Cannot access '{uri}': {error}.")
+
+
+def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]:
+    """Every file under `uri`, recursively, sorted; only those with `extensions` (any case) when given."""
+
+    def wanted(name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        if base.startswith("."):
+            return False
+        return extensions is None or base.lower().endswith(extensions)
+
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        try:
+            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        except Exception as error:  # noqa: BLE001 - translated into one sentence
+            raise _explain(uri, error) from error
+        return sorted(f"s3://{bucket}/{key}" for key in keys if not key.endswith("/") and wanted(key))
+    root = Path(uri)
+    if not root.exists():
+        raise StorageError(f"'{uri}' does not exist.")
+    if root.is_file():
+        return [str(root)] if wanted(root.name) else []
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and wanted(p.name))
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as error:  # noqa: BLE001
+            raise _explain(uri, error) from error
+    return Path(uri).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes atomically: readers see the old file or the whole new one, never a part."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as error:  # noqa: BLE001
+            raise _explain(uri, error) from error
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception as error:  # noqa: BLE001
+            from botocore.exceptions import ClientError
+
+            if isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _explain(uri, error) from error
+    return Path(uri).exists()
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copies a local directory's files to `uri` (local or S3)."""
+    local_dir = Path(local_dir)
+    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        write_bytes(join(uri, path.relative_to(local_dir).as_posix()), path.read_bytes())
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copies the files under an S3 prefix into `local_dir`."""
+    local_dir = Path(local_dir)
+    prefix = uri.rstrip("/") + "/"
+    for file_uri in list_files(uri):
+        target = local_dir / file_uri[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(file_uri))
+    return local_dir
+
+
+def check_writable(uri: str) -> None:
+    """Fails early, with one sentence, when `uri` cannot be written."""
+    probe = join(uri, f".write-test-{os.getpid()}")
+    try:
+        write_bytes(probe, b"")
+    except StorageError:
+        raise
+    except OSError as error:
+        raise StorageError(f"Cannot write to '{uri}': {error.strerror or error}.") from error
+    if is_s3(probe):
+        bucket, key = split_s3(probe)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        Path(probe).unlink(missing_ok=True)
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow filesystem, path) for `uri`, honouring the S3 endpoint override."""
+    import pyarrow.fs as pafs
+
+    if is_s3(uri):
+        endpoint = s3_endpoint()
+        fs = pafs.S3FileSystem(endpoint_override=endpoint, region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        if endpoint is None:
+            fs = pafs.S3FileSystem()
+        return fs, str(uri)[len("s3://"):]
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())

@@ -1,0 +1,103 @@
+"""Shared fixtures: one local Ray for the whole session, a loopback S3 server, small test photos."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3 settings must be in the environment before Ray starts, so that its workers inherit them.
+# Fake credentials: the loopback moto server accepts any.
+S3_PORT = _free_port()
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for all tests. Logical CPUs above the 2 real cores, so that 2 training
+    workers and Ray Data's decoding tasks can be scheduled side by side."""
+    import ray
+
+    ray.init(num_cpus=6, include_dashboard=False, ignore_reinit_error=True, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto in server mode) on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh, empty bucket on the loopback S3 server; yields its name."""
+    from animals10.storage import s3_client
+
+    name = "test-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    s3_client().create_bucket(Bucket=name)
+    yield name
+
+
+def jpeg_bytes(color=(200, 30, 30), size=(96, 72), quality=90) -> bytes:
+    image = Image.new("RGB", size, color)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def demo_tree(tmp_path_factory):
+    """A small synthetic Animals-10 tree (Italian folder names), shared by the Ray tests."""
+    from animals10.demo import write_demo_data
+
+    root = tmp_path_factory.mktemp("demo") / "raw-img"
+    write_demo_data(root, images_per_class=12, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def untrained_artifact(tmp_path_factory):
+    """A custom_cnn artifact with random weights: enough to test loading, batching and serving paths."""
+    import torch
+
+    from animals10.artifact import ModelCard, save_artifact
+    from animals10.labels import ANIMALS10_CLASSES
+    from animals10.models import create_model
+    from animals10.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    uri = str(tmp_path_factory.mktemp("artifact") / "custom_cnn")
+    card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64))
+    save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, uri)
+    return uri
+
+
+def random_photo(seed: int = 0, size=(120, 90)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
