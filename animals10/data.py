@@ -6,6 +6,7 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def relative_path(root: str, path: str) -> str:
 
 def read_labelled_tree(root: str) -> LabelledTree:
     """Lists `<root>/<class>/...` image files; the first folder below `root` names the class."""
-    root = str(root).rstrip("/") if storage.is_s3(root) else str(root)
+    root = str(root).rstrip("/") if storage.is_s3(root) else str(Path(root).resolve())
     try:
         files = storage.list_files(root)
     except StorageError as error:

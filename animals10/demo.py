@@ -74,3 +74,34 @@ def run_demo_data(args) -> int:
     root = write_demo_data(args.output_dir, args.images_per_class, args.seed)
     print(f"Demo photos written to {root}")
     return 0
+
+
+def add_demo_arguments(parser) -> None:
+    parser.add_argument("--output", default="runs/demo", help="where the demo data, artifacts and report go")
+    parser.add_argument("--images-per-class", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--image-size", type=int, default=96, help="small for a quick CPU run (the study used 128)")
+
+
+def run_demo(args) -> int:
+    """Demo data -> both models trained with Ray Train (the transfer model pretrained, offline) -> table."""
+    from animals10 import train
+    from animals10.config import TrainConfig
+
+    output = Path(args.output)
+    data_dir = output / "data" / "raw-img"
+    if not data_dir.exists():
+        write_demo_data(data_dir, args.images_per_class)
+    config = TrainConfig(
+        data=str(data_dir),
+        output=str(output / "models"),
+        models=("custom_cnn", "efficientnet_lite0"),
+        epochs=args.epochs,
+        image_size=args.image_size,
+    )
+    models = train.train_models(config)
+    print()
+    print(train.comparison_table(models))
+    for model in models:
+        print(f"{model.name}: artifact in {model.artifact_uri}")
+    return 0

@@ -41,3 +41,46 @@ def classification_metrics(matrix: np.ndarray, class_names: list[str] | None = N
             for name, p, r, f, s in zip(names, precision, recall, f1, support)
         },
     }
+
+
+def log_loss(probabilities, y_true, eps: float = 1e-7) -> float:
+    """Mean negative log-probability of the true class (cross-entropy of softmax outputs), in nats."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) == 0:
+        return 0.0
+    true_probabilities = probabilities[np.arange(len(y_true)), y_true]
+    return float(-np.log(np.clip(true_probabilities, eps, 1.0)).mean())
+
+
+def top_k_hits(probabilities, y_true, k: int) -> np.ndarray:
+    """(N,) bool: whether the true class is among the `k` most probable ones."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    k = min(k, probabilities.shape[1]) if probabilities.ndim == 2 else k
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return (top == y_true[:, None]).any(axis=1)
+
+
+def top_k_accuracy(probabilities, y_true, k: int) -> float:
+    hits = top_k_hits(probabilities, y_true, k)
+    return float(hits.mean()) if len(hits) else 0.0
+
+
+def most_confused_pairs(matrix: np.ndarray, class_names: list[str], limit: int = 5) -> list[dict]:
+    """The largest off-diagonal cells: which true class is most often taken for which other class.
+
+    Ordered by count, then by the share of the true class's photos, then by class order."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    support = matrix.sum(axis=1)
+    pairs = [
+        (int(matrix[t, p]), matrix[t, p] / support[t], t, p)
+        for t in range(len(matrix))
+        for p in range(len(matrix))
+        if t != p and matrix[t, p] > 0
+    ]
+    pairs.sort(key=lambda pair: (-pair[0], -pair[1], pair[2], pair[3]))
+    return [
+        {"true": class_names[t], "predicted": class_names[p], "count": count, "share_of_true": float(share)}
+        for count, share, t, p in pairs[:limit]
+    ]

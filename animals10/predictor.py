@@ -41,8 +41,6 @@ class Predictor:
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         x = to_model_input(batch.to(self.device), self.preprocessing)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.mixed_precision):
             logits = self.model(x)
         return logits.float().softmax(dim=1).cpu().numpy()

@@ -46,10 +46,17 @@ class Augmentation:
         return asdict(self)
 
 
-def to_model_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, normalised."""
+def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentation: Augmentation | None = None) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, augmented when given, normalised.
+
+    The one conversion that training, evaluation, batch inference and serving share."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    return normalise(x, preprocessing)
+    if augmentation is not None:
+        x = augment(x, augmentation)
+    x = normalise(x, preprocessing)
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def normalise(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:

@@ -1,0 +1,398 @@
+"""Training on Ray Train: the same code on one CPU or many GPUs.
+
+The driver lists the labelled tree, splits it, streams decoded photos to the workers with Ray Data,
+runs one `TorchTrainer` per model, and writes each model's artifact to `<output>/<model>/`.
+Checkpoints go to `<output>/checkpoints/<model>/`: a restarted run (same output) resumes from its
+latest checkpoint, and `max_failures` lets a run survive lost workers and nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from animals10 import storage
+from animals10.artifact import ModelCard, save_artifact
+from animals10.config import DEFAULT_MODELS, TrainConfig
+from animals10.data import LabelledTree, decode_batch, read_labelled_tree, split_indices
+from animals10.engine import EpochTotals, evaluate, train_one_epoch
+from animals10.errors import Animals10Error
+from animals10.metrics import classification_metrics
+from animals10.models import create_model, get_model_spec, list_models, unwrap
+from animals10.transforms import Augmentation, Preprocessing
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+MAX_NAMED_SKIPPED = 100  # bad files named in the model card; all are counted
+
+
+# --- on each worker --------------------------------------------------------------------------------
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    """Sums across workers (a no-op for one worker)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _all_gather_paths(paths: list[str]) -> list[str]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sorted(paths)
+    gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, paths)
+    return sorted(p for part in gathered for p in part)
+
+
+def _configure_phase(model: torch.nn.Module, phase: str, loop: dict):
+    """Freezes or unfreezes the backbone for `phase`, then wraps (DDP) and builds the optimizer.
+
+    DDP registers only trainable parameters, so the model is wrapped anew when a phase starts."""
+    import ray.train.torch
+
+    plain = unwrap(model)
+    if phase in ("head", "fine_tune"):
+        plain.freeze_backbone()
+    if phase == "fine_tune":
+        plain.unfreeze_top(loop["unfreeze_fraction"])
+    lr = loop["fine_tune_lr"] if phase == "fine_tune" else loop["lr"]
+    params = [p for p in plain.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=loop["weight_decay"])
+    scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=loop["plateau_factor"], patience=loop["plateau_patience"])
+    return ray.train.torch.prepare_model(plain), optimizer, scheduler
+
+
+def _epoch_metrics(train: EpochTotals, val: EpochTotals, class_names: list[str]) -> dict:
+    """Workers' sums -> the epoch's metrics (identical on every worker)."""
+    num_classes = len(class_names)
+    summed = _all_reduce(
+        [train.loss_sum, train.num_correct, train.num_images, val.loss_sum, val.num_images, *val.confusion.ravel().tolist()]
+    )
+    train_loss, train_correct, train_images, val_loss, val_images = summed[:5]
+    confusion = np.asarray(summed[5:], dtype=np.int64).reshape(num_classes, num_classes)
+    scores = classification_metrics(confusion, class_names)
+    seconds = max(_all_reduce([train.seconds])[0] / max(1, _world_size()), 1e-9)
+    return {
+        "train_loss": train_loss / max(train_images, 1),
+        "train_accuracy": train_correct / max(train_images, 1),
+        "val_loss": val_loss / max(val_images, 1),
+        "val_accuracy": scores["accuracy"],
+        "val_macro_precision": scores["macro_precision"],
+        "val_macro_recall": scores["macro_recall"],
+        "images_per_second": train_images / seconds,
+        "num_train_images": int(train_images),
+        "num_val_images": int(val_images),
+    }
+
+
+def _world_size() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_size()
+
+
+def train_loop_per_worker(loop: dict) -> None:
+    """Ray Train's per-worker function: resumes from the latest checkpoint when there is one."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(loop["cpus_per_worker"])
+    torch.manual_seed(loop["seed"] + rank)
+    preprocessing = Preprocessing.from_dict(loop["preprocessing"])
+    augmentation = Augmentation(**loop["augmentation"])
+    class_names = loop["class_names"]
+    transfer = get_model_spec(loop["model_name"]).transfer
+    head_epochs = max(1, round(loop["epochs"] * loop["head_epochs_fraction"])) if transfer else 0
+
+    model = create_model(loop["model_name"], len(class_names), pretrained=False)
+    model.load_state_dict(ray.get(loop["initial_state"]))  # ImageNet backbone or random init, loaded once by the driver
+    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "stale_epochs": 0, "stopped_early": False, "skipped": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as checkpoint_dir:
+            saved = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved.pop("model"))
+        state.update(saved)
+        logger.info("Resuming %s after epoch %d from %s", loop["model_name"], state["epoch"], checkpoint.path)
+
+    def phase_of(epoch: int) -> str:
+        return "train" if not transfer else ("head" if epoch < head_epochs else "fine_tune")
+
+    phase = phase_of(state["epoch"])
+    model, optimizer, scheduler = _configure_phase(model, phase, loop)
+    if checkpoint and "optimizer" in state:
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    batch_size = max(1, loop["batch_size"] // context.get_world_size())
+    for epoch in range(state["epoch"], loop["epochs"]):
+        if state["stopped_early"]:
+            break
+        if phase_of(epoch) != phase:
+            phase = phase_of(epoch)
+            model, optimizer, scheduler = _configure_phase(model, phase, loop)
+            state["best_val_loss"], state["stale_epochs"] = float("inf"), 0  # patience starts again
+        batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2)
+        train_totals = train_one_epoch(
+            model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"]
+        )
+        val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
+        val_totals = evaluate(unwrap(model), val_batches, preprocessing, device, len(class_names), loop["mixed_precision"])
+        metrics = _epoch_metrics(train_totals, val_totals, class_names)
+        skipped = _all_gather_paths(train_totals.skipped + val_totals.skipped)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(metrics["val_loss"])
+        if metrics["val_loss"] < state["best_val_loss"] - 1e-6:
+            state["best_val_loss"], state["stale_epochs"] = metrics["val_loss"], 0
+        else:
+            state["stale_epochs"] += 1
+        state["stopped_early"] = state["stale_epochs"] >= loop["early_stopping_patience"]
+        state["epoch"] = epoch + 1
+        state["skipped"] = sorted(set(state["skipped"]) | set(skipped))
+        metrics.update(epoch=epoch + 1, phase=phase, lr=lr, num_skipped=len(state["skipped"]))
+        state["history"].append(metrics)
+
+        # The checkpoint is complete on local disk before it is reported; Ray then persists it.
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            saved_checkpoint = None
+            if rank == 0:
+                torch.save(
+                    {**state, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                    Path(checkpoint_dir) / STATE_FILE,
+                )
+                saved_checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+            ray.train.report(metrics, checkpoint=saved_checkpoint)
+
+
+# --- on the driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    artifact_uri: str
+    metrics: dict
+    history: list[dict]
+
+
+def _history_files(history: list[dict]) -> dict[str, bytes]:
+    text = io.StringIO()
+    columns = list(history[0]) if history else []
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    return {"history.json": json.dumps(history, indent=2).encode(), "history.csv": text.getvalue().encode()}
+
+
+def _dataset(records: list[dict], image_size: int):
+    """Paths -> decoded photos, streamed: files are read and decoded in Ray Data tasks, in parallel."""
+    import ray.data
+
+    # Per-epoch progress bars of the workers' data streams would bury the training log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    num_blocks = max(1, min(len(records) // 16, 64))
+    return ray.data.from_items(records, override_num_blocks=num_blocks).map_batches(
+        decode_batch, fn_kwargs={"image_size": image_size}, batch_size=16
+    )
+
+
+def _run_config(config: TrainConfig, model_name: str):
+    import ray.train
+
+    fs, path = storage.arrow_filesystem(storage.join(config.output, "checkpoints"))
+    return ray.train.RunConfig(
+        name=model_name,
+        storage_path=path,
+        storage_filesystem=fs,
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
+        failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+    )
+
+
+def _load_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as checkpoint_dir:
+        return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def initial_model(config: TrainConfig, model_name: str, num_classes: int) -> torch.nn.Module:
+    """The model before training: ImageNet backbone for transfer models (or a clear error), else random."""
+    spec = get_model_spec(model_name)
+    return create_model(model_name, num_classes, pretrained=config.pretrained and spec.transfer, weights_path=config.weights)
+
+
+def train_model(
+    config: TrainConfig, model_name: str, tree: LabelledTree, train_idx: list[int], val_idx: list[int], initial: torch.nn.Module
+) -> TrainedModel:
+    """Trains one model with Ray Train and writes its artifact to `<output>/<model>/`."""
+    import ray
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    spec = get_model_spec(model_name)
+    preprocessing = Preprocessing(config.image_size, spec.mean, spec.std)
+    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    epochs = config.epochs_for(model_name)
+    loop = {
+        **config.to_dict(),
+        "model_name": model_name,
+        "epochs": epochs,
+        "class_names": tree.class_names,
+        "preprocessing": preprocessing.to_dict(),
+        "augmentation": config.augmentation.to_dict(),
+        # Loaded once by the driver: workers on other nodes need neither the network nor torch's cache.
+        "initial_state": ray.put(initial.state_dict()),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=_run_config(config, model_name),
+        datasets={"train": _dataset(tree.records(train_idx), config.image_size), "val": _dataset(tree.records(val_idx), config.image_size)},
+    )
+    logger.info("Training %s for up to %d epochs on %d worker(s), %s", model_name, epochs, config.num_workers, "GPU" if use_gpu else "CPU")
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
+    latest = _load_state(result.checkpoint)
+    best_state = _load_state(best)
+    history = latest["history"]
+    best_metrics = history[best_state["epoch"] - 1]
+
+    model = create_model(model_name, len(tree.class_names))
+    model.load_state_dict(best_state["model"])
+    card = ModelCard(
+        architecture=model_name,
+        class_names=tree.class_names,
+        preprocessing=preprocessing,
+        training={**{k: v for k, v in config.to_dict().items() if k not in ("models",)}, "epochs": epochs, "epochs_run": len(history), "use_gpu": use_gpu},
+        metrics={"best_epoch": best_state["epoch"], **{k: v for k, v in best_metrics.items() if k != "epoch"}},
+        data={
+            "data_uri": tree.root,
+            "val_fraction": config.val_fraction,
+            "split_seed": config.seed,
+            "num_train": len(train_idx),
+            "num_val": len(val_idx),
+            "class_counts": tree.class_counts(),
+            "num_skipped": len(latest["skipped"]),
+            "skipped_files": latest["skipped"][:MAX_NAMED_SKIPPED],
+        },
+    )
+    uri = storage.join(config.output, model_name)
+    save_artifact(model, card, uri, extra_files=_history_files(history))
+    if latest["skipped"]:
+        logger.warning("%d file(s) could not be decoded and were skipped: %s", len(latest["skipped"]), latest["skipped"][:10])
+    return TrainedModel(model_name, uri, card.metrics, history)
+
+
+def train_models(config: TrainConfig) -> list[TrainedModel]:
+    """Trains every model of `config` on the same split; returns them in order.
+
+    Everything a user can get wrong (model names, data, output, pretrained weights) is checked
+    before Ray starts."""
+    for name in config.models:
+        get_model_spec(name)
+    storage.set_s3_endpoint(config.s3_endpoint)
+    tree = read_labelled_tree(config.data)
+    train_idx, val_idx = split_indices(tree, config.val_fraction, config.seed)
+    storage.check_writable(config.output)
+    initial = {name: initial_model(config, name, len(tree.class_names)) for name in config.models}
+    logger.info("%d photos in %d classes under %s: %d for training, %d for validation", len(tree.paths), len(tree.class_names), tree.root, len(train_idx), len(val_idx))
+    for name, count in tree.class_counts().items():
+        logger.info("  %-12s %6d photos (train %d, val %d)", name, count, tree.class_counts(train_idx)[name], tree.class_counts(val_idx)[name])
+    init_ray()
+    return [train_model(config, name, tree, train_idx, val_idx, initial[name]) for name in config.models]
+
+
+def comparison_table(models: list[TrainedModel]) -> str:
+    """The study's table: validation loss, accuracy, precision and recall per model."""
+    header = f"{'Model':<20} {'Val loss':>9} {'Accuracy':>9} {'Precision':>10} {'Recall':>8} {'Epochs':>7} {'Images/s':>9}"
+    rows = [header, "-" * len(header)]
+    for m in models:
+        rows.append(
+            f"{m.name:<20} {m.metrics['val_loss']:>9.4f} {m.metrics['val_accuracy']:>9.2%} {m.metrics['val_macro_precision']:>10.2%} "
+            f"{m.metrics['val_macro_recall']:>8.2%} {len(m.history):>7d} {m.metrics['images_per_second']:>9.1f}"
+        )
+    return "\n".join(rows)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def add_train_arguments(parser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix")
+    parser.add_argument("--model", action="append", choices=list_models(), help=f"repeatable (default: {' and '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--output", default=defaults.output, help="local dir or s3:// URI for artifacts and checkpoints")
+    parser.add_argument("--epochs", type=int, help="default: 30 for custom_cnn, 20 for transfer models")
+    parser.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
+    parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
+    parser.add_argument("--image-size", type=int, help=f"input size in pixels (default {defaults.image_size})")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
+    parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
+    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
+    parser.add_argument("--weights", help="file with the backbone's ImageNet weights (torchvision's mobilenet_v2 .pth)")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None, help="random init (no ImageNet weights)")
+    parser.add_argument("--max-failures", type=int, help="worker/node failures to recover from (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of the split and initialisation (default 42)")
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS, or $AWS_ENDPOINT_URL)")
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(data=args.data, models=tuple(args.model or DEFAULT_MODELS)).with_overrides(
+        output=args.output,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        fine_tune_lr=args.fine_tune_lr,
+        image_size=args.image_size,
+        num_workers=args.num_workers,
+        cpus_per_worker=args.cpus_per_worker,
+        use_gpu=args.use_gpu,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        max_failures=args.max_failures,
+        seed=args.seed,
+        s3_endpoint=args.s3_endpoint,
+    )
+
+
+def init_ray() -> None:
+    """Joins the cluster in RAY_ADDRESS (as `ray job submit` sets), or starts a local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        env = {name: os.environ[name] for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3") if os.environ.get(name)}
+        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+
+
+def run_train(args) -> int:
+    models = train_models(config_from_args(args))
+    print(comparison_table(models))
+    for m in models:
+        print(f"{m.name}: artifact written to {m.artifact_uri}")
+    return 0

@@ -1,0 +1,104 @@
+"""Every registered model trains; the pretrained weights are real and load without network."""
+
+import numpy as np
+import pytest
+import torch
+
+from animals10.errors import WeightsUnavailableError
+from animals10.models import (
+    MOBILENET_V2_CACHE_FILE,
+    count_parameters,
+    create_model,
+    list_models,
+    load_efficientnet_lite0_imagenet,
+)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_and_backward(name):
+    model = create_model(name, num_classes=10)
+    x = torch.rand(2, 3, 96, 96)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert 100_000 < count_parameters(model) < 6_000_000
+
+
+def test_custom_cnn_is_small():
+    assert count_parameters(create_model("custom_cnn", 10)) < 1_000_000
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_frozen_backbone_trains_only_the_head_and_keeps_batchnorm_statistics(name):
+    model = create_model(name, num_classes=10)
+    model.freeze_backbone()
+    model.train()
+    assert count_parameters(model, trainable_only=True) == 1280 * 10 + 10
+    batchnorm = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batchnorm and not any(m.training for m in batchnorm)
+    before = batchnorm[0].running_mean.clone()
+    model(torch.rand(4, 3, 64, 64))
+    assert torch.equal(before, batchnorm[0].running_mean)
+    stages = model.unfreeze_top(0.3)
+    assert 0 < stages < len(model.stages)
+    assert 1280 * 10 + 10 < count_parameters(model, trainable_only=True) < count_parameters(model)
+    assert batchnorm[-1].training and not batchnorm[0].training
+
+
+def test_efficientnet_lite0_weights_are_imagenet_pretrained():
+    """The untouched ImageNet head calls a real photo of a cat a cat (classes 281-285)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    model = load_efficientnet_lite0_imagenet().eval()
+    photo = np.array(Image.fromarray(skimage_data.chelsea()).resize((224, 224)))
+    x = torch.from_numpy(photo).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
+    with torch.no_grad():
+        top = model(x).softmax(1).argmax(1).item()
+    assert 281 <= top <= 285
+
+
+def test_mobilenet_v2_loads_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch):
+    from torchvision.models import mobilenet_v2
+
+    reference = mobilenet_v2(weights=None)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / MOBILENET_V2_CACHE_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = create_model("mobilenet_v2", 10, pretrained=True)
+    assert torch.equal(model.backbone[0][0][0].weight, reference.features[0][0].weight)
+
+
+def test_mobilenet_v2_loads_weights_from_a_file(tmp_path):
+    from torchvision.models import mobilenet_v2
+
+    reference = mobilenet_v2(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    model = create_model("mobilenet_v2", 10, pretrained=True, weights_path=str(tmp_path / "weights.pth"))
+    assert torch.equal(model.backbone[0][18][0].weight, reference.features[18][0].weight)
+
+
+def test_mobilenet_v2_without_weights_or_network_says_how_to_supply_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="--weights PATH.*efficientnet_lite0"):
+        create_model("mobilenet_v2", 10, pretrained=True)
+
+
+def test_weights_files_with_pickled_code_are_refused(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"x": Payload()}, f)
+    with pytest.raises(WeightsUnavailableError, match="cannot be loaded safely|not a PyTorch state dict"):
+        create_model("custom_cnn", 10, weights_path=str(path))
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(ValueError, match="Unknown model 'resnet9000'.*custom_cnn"):
+        create_model("resnet9000", 10)

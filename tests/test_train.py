@@ -1,0 +1,130 @@
+"""Training with Ray Train on a real local Ray: learning, artifacts, resuming, the job script, bad input."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animals10.cli import main
+from animals10.config import TrainConfig
+from animals10.data import read_labelled_tree, split_indices
+from animals10.imaging import load_array
+from animals10.predictor import Predictor
+from animals10.train import train_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def validation_accuracy(artifact_uri: str, data_dir) -> float:
+    """Accuracy of the artifact on its own validation split, recomputed outside of training."""
+    predictor = Predictor(artifact_uri, device="cpu")
+    tree = read_labelled_tree(data_dir)
+    _, val = split_indices(tree, 0.2, 42)
+    images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), predictor.image_size) for i in val])
+    predicted = predictor.predict_probabilities(images).argmax(1)
+    return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
+
+
+@pytest.mark.parametrize("model_name, epochs", [("custom_cnn", 10), ("efficientnet_lite0", 4)])
+def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs):
+    config = TrainConfig(
+        data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16
+    )
+    [trained] = train_models(config)
+    assert len(trained.history) == epochs
+    assert [h["epoch"] for h in trained.history] == list(range(1, epochs + 1))
+    # Chance is 10%: the model really learned.
+    assert trained.metrics["val_accuracy"] >= 0.5
+    assert validation_accuracy(trained.artifact_uri, demo_tree) == pytest.approx(trained.metrics["val_accuracy"], abs=1e-6)
+    card = json.loads((tmp_path / "run" / model_name / "model_card.json").read_text())
+    assert card["training"]["num_workers"] == 2 and card["preprocessing"]["image_size"] == 64
+    assert card["data"]["num_val"] == 20 and card["data"]["class_counts"]["dog"] == 12
+    history = json.loads((tmp_path / "run" / model_name / "history.json").read_text())
+    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_precision", "val_macro_recall", "lr", "images_per_second"} <= set(history[0])
+    if model_name == "efficientnet_lite0":
+        assert [h["phase"] for h in history] == ["head", "head", "fine_tune", "fine_tune"]
+        assert history[-1]["lr"] < history[0]["lr"]
+
+
+def test_bad_photos_are_skipped_named_and_counted(ray_session, tmp_path):
+    import shutil
+
+    from animals10.demo import write_demo_data
+
+    data = write_demo_data(tmp_path / "data", images_per_class=4, seed=3)
+    (data / "cane" / "zero.jpg").write_bytes(b"")
+    (data / "gatto" / "text.jpg").write_text("not a photo")
+    truncated = (data / "mucca" / "mucca_0000.jpg").read_bytes()
+    (data / "mucca" / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
+    [trained] = train_models(TrainConfig(data=str(data), output=str(tmp_path / "run"), models=("custom_cnn",), epochs=1, image_size=32))
+    card = json.loads((tmp_path / "run" / "custom_cnn" / "model_card.json").read_text())
+    assert card["data"]["num_skipped"] == 3
+    assert sorted(Path(p).name for p in card["data"]["skipped_files"]) == ["text.jpg", "truncated.jpg", "zero.jpg"]
+    assert trained.history[0]["num_train_images"] + trained.history[0]["num_val_images"] == 40
+    shutil.rmtree(tmp_path / "run")
+
+
+def test_a_restarted_run_resumes_from_its_latest_checkpoint(ray_session, demo_tree, tmp_path):
+    config = TrainConfig(data=str(demo_tree), output=str(tmp_path / "run"), models=("custom_cnn",), epochs=2, image_size=32)
+    [first] = train_models(config)
+    # The same run started again (same output) with more epochs to go continues at epoch 3.
+    [second] = train_models(config.with_overrides(epochs=4))
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    assert second.history[:2] == first.history
+    checkpoints = sorted((tmp_path / "run" / "checkpoints" / "custom_cnn").glob("checkpoint_*"))
+    assert 1 <= len(checkpoints) <= 3  # the best two and the latest are kept
+
+
+def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_tree, tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    command = [
+        sys.executable, "jobs/train.py", "--data", str(demo_tree), "--model", "custom_cnn", "--model", "efficientnet_lite0",
+        "--epochs", "1", "--image-size", "32", "--output", str(tmp_path / "run"),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("custom_cnn", "efficientnet_lite0"):
+        assert (tmp_path / "run" / name / "model.safetensors").is_file()
+        assert (tmp_path / "run" / name / "history.csv").read_text().startswith("train_loss,")
+    table = done.stdout
+    assert "Accuracy" in table and "Precision" in table and "Recall" in table
+    assert "custom_cnn" in table and "efficientnet_lite0" in table
+
+
+def make_one_class_tree(root):
+    from tests.conftest import jpeg_bytes
+
+    (root / "cane").mkdir(parents=True)
+    (root / "cane" / "a.jpg").write_bytes(jpeg_bytes())
+    return root
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "{tmp}/missing"], "does not exist"),
+        (["--data", "{tmp}/empty"], "No images were found"),
+        (["--data", "{tmp}/one-class"], "Only one class folder"),
+        (["--data", "{tmp}/one-class", "--model", "resnet9000"], "invalid choice"),
+        (["--data", "s3://no-such-bucket-anywhere/raw-img", "--s3-endpoint", "http://127.0.0.1:9"], "Cannot reach the S3 endpoint"),
+        (["--data", "{demo}", "--model", "mobilenet_v2"], "MobileNetV2's ImageNet weights"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_a_non_zero_exit(tmp_path, demo_tree, monkeypatch, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    make_one_class_tree(tmp_path / "one-class")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached MobileNetV2 weights
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    args = [a.format(tmp=tmp_path, demo=demo_tree) for a in args]
+    with pytest.raises(SystemExit) if message == "invalid choice" else contextlib.nullcontext():
+        code = main(["train", *args, "--output", str(tmp_path / "out")])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if message != "invalid choice":
+        assert err.startswith("error: ") and err.count("\n") == 1
