@@ -87,6 +87,7 @@ def run_demo(args) -> int:
     """Demo data -> both models trained with Ray Train (the transfer model pretrained, offline) -> table."""
     from animals10 import train
     from animals10.config import TrainConfig
+    from animals10.report import write_report
 
     output = Path(args.output)
     data_dir = output / "data" / "raw-img"
@@ -104,4 +105,7 @@ def run_demo(args) -> int:
     print(train.comparison_table(models))
     for model in models:
         print(f"{model.name}: artifact in {model.artifact_uri}")
+    report = write_report([m.artifact_uri for m in models], str(output / "report"))
+    print(report.best_reason)
+    print(f"Report: {report.html_uri} (and report.md beside it)")
     return 0
