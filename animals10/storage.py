@@ -180,13 +180,18 @@ def check_writable(uri: str) -> None:
 
 
 def arrow_filesystem(uri: str):
-    """(pyarrow filesystem, path) for `uri`, honouring the S3 endpoint override."""
+    """(pyarrow filesystem, path) for `uri`, honouring the S3 endpoint override.
+
+    Ray Train persists checkpoints through it; transient S3 errors are retried, not fatal."""
     import pyarrow.fs as pafs
 
     if is_s3(uri):
         endpoint = s3_endpoint()
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-        if endpoint is None:
-            fs = pafs.S3FileSystem()
+        if endpoint:
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        else:
+            region = pafs.resolve_s3_region(split_s3(uri)[0])  # AWS: the bucket's own region
+        retries = pafs.AwsStandardS3RetryStrategy(max_attempts=10)
+        fs = pafs.S3FileSystem(endpoint_override=endpoint, region=region, retry_strategy=retries)
         return fs, str(uri)[len("s3://"):]
     return pafs.LocalFileSystem(), str(Path(uri).resolve())

@@ -129,13 +129,15 @@ def train_loop_per_worker(loop: dict) -> None:
 
     model = create_model(loop["model_name"], len(class_names), pretrained=False)
     model.load_state_dict(ray.get(loop["initial_state"]))  # ImageNet backbone or random init, loaded once by the driver
-    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "stale_epochs": 0, "stopped_early": False, "skipped": []}
+    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "stale_epochs": 0, "stopped_early": False, "skipped": [], "resumed_after": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as checkpoint_dir:
             saved = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(saved.pop("model"))
         state.update(saved)
+        if state["epoch"] < loop["epochs"] and not state["stopped_early"]:
+            state["resumed_after"].append(state["epoch"])  # the epochs a restart continued from
         logger.info("Resuming %s after epoch %d from %s", loop["model_name"], state["epoch"], checkpoint.path)
 
     def phase_of(epoch: int) -> str:
@@ -288,7 +290,13 @@ def train_model(
         architecture=model_name,
         class_names=tree.class_names,
         preprocessing=preprocessing,
-        training={**{k: v for k, v in config.to_dict().items() if k not in ("models",)}, "epochs": epochs, "epochs_run": len(history), "use_gpu": use_gpu},
+        training={
+            **{k: v for k, v in config.to_dict().items() if k != "models"},
+            "epochs": epochs,
+            "epochs_run": len(history),
+            "use_gpu": use_gpu,
+            "resumed_after_epochs": latest["resumed_after"],
+        },
         metrics={"best_epoch": best_state["epoch"], **{k: v for k, v in best_metrics.items() if k != "epoch"}},
         data={
             "data_uri": tree.root,

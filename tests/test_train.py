@@ -76,6 +76,8 @@ def test_a_restarted_run_resumes_from_its_latest_checkpoint(ray_session, demo_tr
     [second] = train_models(config.with_overrides(epochs=4))
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
     assert second.history[:2] == first.history
+    card = json.loads((tmp_path / "run" / "custom_cnn" / "model_card.json").read_text())
+    assert card["training"]["resumed_after_epochs"] == [2]
     checkpoints = sorted((tmp_path / "run" / "checkpoints" / "custom_cnn").glob("checkpoint_*"))
     assert 1 <= len(checkpoints) <= 3  # the best two and the latest are kept
 

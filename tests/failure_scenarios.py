@@ -1,0 +1,82 @@
+"""Training on a local multi-node Ray cluster while a worker process or a worker node is lost.
+
+Run by tests/test_cluster.py in a subprocess (a process can hold only one Ray cluster):
+
+    python tests/failure_scenarios.py kill-worker|remove-node OUTPUT_DIR
+
+Prints one JSON line: the run's epochs, where it resumed, and its artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def wait_for_checkpoints(checkpoint_dir: Path, count: int, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(list(checkpoint_dir.glob("checkpoint_*"))) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {count} checkpoints in {checkpoint_dir}")
+        time.sleep(0.2)
+
+
+def alive_train_workers() -> list[dict]:
+    """Ray Train's worker actors, read from the GCS (the test cluster runs no dashboard)."""
+    from ray._private.state import actors
+
+    return [a for a in actors(actor_state_name="ALIVE").values() if a["ActorClassName"] == "RayTrainWorker"]
+
+
+def main(scenario: str, output: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from animals10.config import TrainConfig
+    from animals10.demo import write_demo_data
+    from animals10.train import train_models
+
+    # The head only coordinates; the two worker nodes have room for both training workers and
+    # decoding, so that either one can carry the run alone.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=3) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+
+    data = write_demo_data(output / "data", images_per_class=8, seed=1)
+    config = TrainConfig(
+        data=str(data), output=str(output / "run"), models=("custom_cnn",), epochs=8, image_size=32, num_workers=2, max_failures=3
+    )
+    result: dict = {}
+
+    def train() -> None:
+        try:
+            [trained] = train_models(config)
+            result["history"] = trained.history
+            result["artifact"] = trained.artifact_uri
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            result["error"] = repr(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    wait_for_checkpoints(output / "run" / "checkpoints" / "custom_cnn", 2)
+    victim = alive_train_workers()[0]
+    if scenario == "kill-worker":
+        os.kill(victim["Pid"], signal.SIGKILL)
+    else:
+        node = next(n for n in workers if n.node_id == victim["Address"]["NodeID"])
+        cluster.remove_node(node, allow_graceful=False)
+    result["fault_after_checkpoints"] = len(list((output / "run" / "checkpoints" / "custom_cnn").glob("checkpoint_*")))
+    thread.join()
+    print(json.dumps(result))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
