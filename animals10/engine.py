@@ -52,6 +52,7 @@ def train_one_epoch(
     device: torch.device,
     label_smoothing: float = 0.0,
     mixed_precision: bool = True,
+    class_weights: torch.Tensor | None = None,
 ) -> EpochTotals:
     totals = EpochTotals()
     start = time.perf_counter()
@@ -68,7 +69,7 @@ def train_one_epoch(
         x = to_model_input(images, preprocessing, augmentation)
         with autocast(device, mixed_precision):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()

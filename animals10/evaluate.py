@@ -270,9 +270,9 @@ def _decode(path: str, image_size: int) -> np.ndarray | str:
         return f"unreadable: {error}"
 
 
-def predict_paths(predictor, paths: list[str], batch_size: int = 64, tta: bool = False, num_threads: int | None = None):
+def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads: int | None = None):
     """Runs `predictor` over photos in batches: ((M, C) probabilities, the M indices of `paths` scored,
-    skipped [(path, why)]). With `tta`, the probabilities are averaged with those of the mirrored photo."""
+    skipped [(path, why)])."""
     from tqdm.auto import tqdm
 
     num_threads = num_threads or min(8, (os.cpu_count() or 1) + 2)  # decoding waits on I/O too (S3)
@@ -292,11 +292,7 @@ def predict_paths(predictor, paths: list[str], batch_size: int = 64, tta: bool =
             if not images:
                 continue
             batch = np.stack(images)  # (B, S, S, 3) uint8
-            batch_probabilities = predictor.predict_probabilities(batch)
-            if tta:
-                mirrored = np.ascontiguousarray(batch[:, :, ::-1])
-                batch_probabilities = (batch_probabilities + predictor.predict_probabilities(mirrored)) / 2
-            probabilities.append(batch_probabilities)
+            probabilities.append(predictor.predict_probabilities(batch))
     num_classes = len(predictor.class_names)
     return (np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes), np.float32)), kept, skipped
 
@@ -322,9 +318,9 @@ def evaluate_model(model_uri: str, data: str | None = None, *, batch_size: int =
         )
 
     evaluation_set = read_validation_set(card, model_uri) if data is None else read_tree_set(card, model_uri, str(data))
-    predictor = Predictor(model_uri, device=device, top_k=TOP_K)
+    predictor = Predictor(model_uri, device=device, top_k=TOP_K, tta=tta)
     logger.info("Scoring %s on %s", name, evaluation_set.description)
-    probabilities, kept, skipped = predict_paths(predictor, evaluation_set.paths, batch_size, tta)
+    probabilities, kept, skipped = predict_paths(predictor, evaluation_set.paths, batch_size)
     if not kept:
         raise DataError(f"None of the {len(evaluation_set.paths)} photos in {evaluation_set.description} could be decoded; check the files.")
     y_true = np.asarray([evaluation_set.labels[i] for i in kept], np.int64)

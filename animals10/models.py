@@ -93,14 +93,34 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 # --- from scratch ----------------------------------------------------------------------------------
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a shortcut (He et al., 2016)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
 class CustomCNN(nn.Module):
     """Conv-BN-ReLU + max-pool blocks that halve the resolution and double the channels, then a dense head.
 
+    `residual=True` adds a residual block after each downsampling (the `best` recipe's design).
     Global average pooling before the dense layers keeps it independent of the input size and small
-    (about 0.5 M parameters at the default widths).
+    (about 0.5 M parameters plain, 2.4 M residual, at the default widths).
     """
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256), hidden: int = 256, dropout: float = 0.5):
+    def __init__(
+        self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256), hidden: int = 256, dropout: float = 0.5, residual: bool = False
+    ):
         super().__init__()
         blocks, channels = [], 3
         for width in widths:
@@ -110,6 +130,8 @@ class CustomCNN(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
+            if residual:
+                blocks.append(ResidualBlock(width))
             channels = width
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)

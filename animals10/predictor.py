@@ -17,7 +17,9 @@ class Predictor:
     On a GPU: bfloat16 autocast, channels_last, pinned host memory and non-blocking copies.
     """
 
-    def __init__(self, model_uri: str, device: torch.device | str | None = None, top_k: int = 3, mixed_precision: bool = True):
+    def __init__(
+        self, model_uri: str, device: torch.device | str | None = None, top_k: int = 3, mixed_precision: bool = True, tta: bool = False
+    ):
         loaded = load_model(model_uri, device)
         self.model, self.card, self.device = loaded.model, loaded.card, loaded.device
         self.class_names = self.card.class_names
@@ -25,6 +27,7 @@ class Predictor:
         self.image_size = self.preprocessing.image_size
         self.top_k = min(top_k, len(self.class_names))
         self.mixed_precision = mixed_precision
+        self.tta = tta  # test-time augmentation: average with the mirrored photo
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -35,6 +38,8 @@ class Predictor:
     @torch.inference_mode()
     def predict_probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, num_classes) float32 probabilities."""
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # torch wants writable memory (decoded photos may be read-only views)
         batch = torch.as_tensor(images)
         if len(batch) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
@@ -42,8 +47,10 @@ class Predictor:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         x = to_model_input(batch.to(self.device), self.preprocessing)
         with autocast(self.device, self.mixed_precision):
-            logits = self.model(x)
-        return logits.float().softmax(dim=1).cpu().numpy()
+            probabilities = self.model(x).float().softmax(dim=1)
+            if self.tta:
+                probabilities = (probabilities + self.model(x.flip(-1)).float().softmax(dim=1)) / 2
+        return probabilities.cpu().numpy()
 
     def describe(self, probabilities: np.ndarray) -> list[dict]:
         """Probabilities -> per image: label, label_index, confidence, top_k [{label, prob}]."""

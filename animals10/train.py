@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from animals10 import storage
 from animals10.artifact import ModelCard, save_artifact
-from animals10.config import DEFAULT_MODELS, TrainConfig
+from animals10.config import DEFAULT_MODELS, RECIPES, TrainConfig, recipe_config
 from animals10.data import LabelledTree, decode_batch, read_labelled_tree, split_indices
 from animals10.engine import EpochTotals, evaluate, train_one_epoch
 from animals10.errors import Animals10Error
@@ -62,8 +63,8 @@ def _all_gather_paths(paths: list[str]) -> list[str]:
     return sorted(p for part in gathered for p in part)
 
 
-def _configure_phase(model: torch.nn.Module, phase: str, loop: dict):
-    """Freezes or unfreezes the backbone for `phase`, then wraps (DDP) and builds the optimizer.
+def _configure_phase(model: torch.nn.Module, phase: str, phase_epochs: int, loop: dict):
+    """Freezes or unfreezes the backbone for `phase`, then wraps (DDP) and builds optimizer and schedule.
 
     DDP registers only trainable parameters, so the model is wrapped anew when a phase starts."""
     import ray.train.torch
@@ -75,8 +76,19 @@ def _configure_phase(model: torch.nn.Module, phase: str, loop: dict):
         plain.unfreeze_top(loop["unfreeze_fraction"])
     lr = loop["fine_tune_lr"] if phase == "fine_tune" else loop["lr"]
     params = [p for p in plain.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=loop["weight_decay"])
-    scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=loop["plateau_factor"], patience=loop["plateau_patience"])
+    optimizer_class = torch.optim.AdamW if loop["optimizer"] == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(params, lr=lr, weight_decay=loop["weight_decay"])
+    if loop["schedule"] == "cosine":
+        warmup = min(loop["warmup_epochs"], max(phase_epochs - 1, 0))
+
+        def factor(epoch: int) -> float:  # epochs since the phase began -> share of the base rate
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(phase_epochs - warmup, 1)))
+
+        scheduler = LambdaLR(optimizer, factor)
+    else:
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=loop["plateau_factor"], patience=loop["plateau_patience"])
     return ray.train.torch.prepare_model(plain), optimizer, scheduler
 
 
@@ -122,12 +134,13 @@ def train_loop_per_worker(loop: dict) -> None:
         torch.set_num_threads(loop["cpus_per_worker"])
     torch.manual_seed(loop["seed"] + rank)
     preprocessing = Preprocessing.from_dict(loop["preprocessing"])
-    augmentation = Augmentation(**loop["augmentation"])
+    augmentation = Augmentation.from_dict(loop["augmentation"])
+    class_weights = torch.tensor(loop["class_weights"], dtype=torch.float32, device=device) if loop["class_weights"] else None
     class_names = loop["class_names"]
     transfer = get_model_spec(loop["model_name"]).transfer
     head_epochs = max(1, round(loop["epochs"] * loop["head_epochs_fraction"])) if transfer else 0
 
-    model = create_model(loop["model_name"], len(class_names), pretrained=False)
+    model = create_model(loop["model_name"], len(class_names), **loop["model_kwargs_resolved"])
     model.load_state_dict(ray.get(loop["initial_state"]))  # ImageNet backbone or random init, loaded once by the driver
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "stale_epochs": 0, "stopped_early": False, "skipped": [], "resumed_after": []}
     checkpoint = ray.train.get_checkpoint()
@@ -143,8 +156,11 @@ def train_loop_per_worker(loop: dict) -> None:
     def phase_of(epoch: int) -> str:
         return "train" if not transfer else ("head" if epoch < head_epochs else "fine_tune")
 
+    def epochs_in(phase: str) -> int:
+        return {"train": loop["epochs"], "head": head_epochs, "fine_tune": loop["epochs"] - head_epochs}[phase]
+
     phase = phase_of(state["epoch"])
-    model, optimizer, scheduler = _configure_phase(model, phase, loop)
+    model, optimizer, scheduler = _configure_phase(model, phase, epochs_in(phase), loop)
     if checkpoint and "optimizer" in state:
         optimizer.load_state_dict(state.pop("optimizer"))
         scheduler.load_state_dict(state.pop("scheduler"))
@@ -157,18 +173,21 @@ def train_loop_per_worker(loop: dict) -> None:
             break
         if phase_of(epoch) != phase:
             phase = phase_of(epoch)
-            model, optimizer, scheduler = _configure_phase(model, phase, loop)
+            model, optimizer, scheduler = _configure_phase(model, phase, epochs_in(phase), loop)
             state["best_val_loss"], state["stale_epochs"] = float("inf"), 0  # patience starts again
         batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2)
         train_totals = train_one_epoch(
-            model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"]
+            model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"], class_weights
         )
         val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
         val_totals = evaluate(unwrap(model), val_batches, preprocessing, device, len(class_names), loop["mixed_precision"])
         metrics = _epoch_metrics(train_totals, val_totals, class_names)
         skipped = _all_gather_paths(train_totals.skipped + val_totals.skipped)
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(metrics["val_loss"])
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(metrics["val_loss"])
+        else:
+            scheduler.step()
         if metrics["val_loss"] < state["best_val_loss"] - 1e-6:
             state["best_val_loss"], state["stale_epochs"] = metrics["val_loss"], 0
         else:
@@ -244,7 +263,8 @@ def _load_state(checkpoint) -> dict:
 def initial_model(config: TrainConfig, model_name: str, num_classes: int) -> torch.nn.Module:
     """The model before training: ImageNet backbone for transfer models (or a clear error), else random."""
     spec = get_model_spec(model_name)
-    return create_model(model_name, num_classes, pretrained=config.pretrained and spec.transfer, weights_path=config.weights)
+    kwargs = config.model_kwargs.get(model_name, {})
+    return create_model(model_name, num_classes, pretrained=config.pretrained and spec.transfer, weights_path=config.weights, **kwargs)
 
 
 def train_model(
@@ -256,7 +276,12 @@ def train_model(
     from ray.train.torch import TorchTrainer
 
     spec = get_model_spec(model_name)
-    preprocessing = Preprocessing(config.image_size, spec.mean, spec.std)
+    image_size = config.image_size_for(model_name)
+    preprocessing = Preprocessing(image_size, spec.mean, spec.std)
+    model_kwargs = config.model_kwargs.get(model_name, {})
+    train_counts = tree.class_counts(train_idx)
+    # Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double.
+    class_weights = [len(train_idx) / (len(train_counts) * max(n, 1)) for n in train_counts.values()] if config.class_weighting else None
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     epochs = config.epochs_for(model_name)
     loop = {
@@ -264,6 +289,8 @@ def train_model(
         "model_name": model_name,
         "epochs": epochs,
         "class_names": tree.class_names,
+        "class_weights": class_weights,
+        "model_kwargs_resolved": model_kwargs,
         "preprocessing": preprocessing.to_dict(),
         "augmentation": config.augmentation.to_dict(),
         # Loaded once by the driver: workers on other nodes need neither the network nor torch's cache.
@@ -274,7 +301,7 @@ def train_model(
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=_run_config(config, model_name),
-        datasets={"train": _dataset(tree.records(train_idx), config.image_size), "val": _dataset(tree.records(val_idx), config.image_size)},
+        datasets={"train": _dataset(tree.records(train_idx), image_size), "val": _dataset(tree.records(val_idx), image_size)},
     )
     logger.info("Training %s for up to %d epochs on %d worker(s), %s", model_name, epochs, config.num_workers, "GPU" if use_gpu else "CPU")
     result = trainer.fit()
@@ -284,15 +311,18 @@ def train_model(
     history = latest["history"]
     best_metrics = history[best_state["epoch"] - 1]
 
-    model = create_model(model_name, len(tree.class_names))
+    model = create_model(model_name, len(tree.class_names), **model_kwargs)
     model.load_state_dict(best_state["model"])
     card = ModelCard(
         architecture=model_name,
         class_names=tree.class_names,
         preprocessing=preprocessing,
+        model_kwargs=model_kwargs,
         training={
             **{k: v for k, v in config.to_dict().items() if k != "models"},
             "epochs": epochs,
+            "image_size": image_size,
+            "class_weights": class_weights,
             "epochs_run": len(history),
             "use_gpu": use_gpu,
             "resumed_after_epochs": latest["resumed_after"],
@@ -331,7 +361,7 @@ def train_models(config: TrainConfig) -> list[TrainedModel]:
     logger.info("%d photos in %d classes under %s: %d for training, %d for validation", len(tree.paths), len(tree.class_names), tree.root, len(train_idx), len(val_idx))
     for name, count in tree.class_counts().items():
         logger.info("  %-12s %6d photos (train %d, val %d)", name, count, tree.class_counts(train_idx)[name], tree.class_counts(val_idx)[name])
-    init_ray()
+    init_ray(min_cpus=config.num_workers * config.cpus_per_worker + 1)
     return [train_model(config, name, tree, train_idx, val_idx, initial[name]) for name in config.models]
 
 
@@ -354,12 +384,13 @@ def add_train_arguments(parser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix")
     parser.add_argument("--model", action="append", choices=list_models(), help=f"repeatable (default: {' and '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="best", help="named training settings (see README); options below override them")
     parser.add_argument("--output", default=defaults.output, help="local dir or s3:// URI for artifacts and checkpoints")
     parser.add_argument("--epochs", type=int, help="default: 30 for custom_cnn, 20 for transfer models")
     parser.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
     parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
-    parser.add_argument("--image-size", type=int, help=f"input size in pixels (default {defaults.image_size})")
+    parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 224 for transfer models)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
@@ -371,7 +402,11 @@ def add_train_arguments(parser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    return TrainConfig(data=args.data, models=tuple(args.model or DEFAULT_MODELS)).with_overrides(
+    return recipe_config(
+        args.recipe,
+        data=args.data,
+        models=tuple(args.model or DEFAULT_MODELS),
+        transfer_image_size=args.image_size,
         output=args.output,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -389,13 +424,23 @@ def config_from_args(args) -> TrainConfig:
     )
 
 
-def init_ray() -> None:
-    """Joins the cluster in RAY_ADDRESS (as `ray job submit` sets), or starts a local Ray."""
+def init_ray(min_cpus: int = 1) -> None:
+    """Joins the cluster in RAY_ADDRESS (as `ray job submit` sets it) or one started with `ray start`,
+    or else starts a local Ray with at least `min_cpus` logical CPUs: training workers reserve
+    theirs, and Ray Data needs one more to read and decode photos beside them."""
     import ray
 
-    if not ray.is_initialized():
-        env = {name: os.environ[name] for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3") if os.environ.get(name)}
-        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    if ray.is_initialized():
+        return
+    env = {name: os.environ[name] for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3") if os.environ.get(name)}
+    options = {"runtime_env": {"env_vars": env} if env else None, "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**options)
+        return
+    try:
+        ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), **options)
+    except ValueError:  # an existing local cluster (`ray start`): join it as it is
+        ray.init(**options)
 
 
 def run_train(args) -> int:

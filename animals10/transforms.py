@@ -36,14 +36,23 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training-time changes, as in the study: flips, small rotations, brightness."""
+    """Training-time changes. The defaults are the study's: flips, rotations up to 20 degrees and
+    brightness 0.8-1.2. `crop_scale` adds random resized crops (share of the area kept), and
+    `contrast` / `saturation` colour jitter, for stronger recipes."""
 
     horizontal_flip: bool = True
     rotation_degrees: float = 20.0
     brightness: tuple[float, float] = (0.8, 1.2)
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    contrast: tuple[float, float] = (1.0, 1.0)
+    saturation: tuple[float, float] = (1.0, 1.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Augmentation":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentation: Augmentation | None = None) -> torch.Tensor:
@@ -69,7 +78,9 @@ def normalise(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random per-image augmentation of (B, 3, H, W) floats in [0, 1], batched on x's device."""
+    """Random per-image augmentation of (B, 3, H, W) floats in [0, 1], batched on x's device.
+
+    Flip, rotation and random resized crop are one affine resampling per image."""
     batch = x.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -78,13 +89,31 @@ def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Genera
     if augmentation.horizontal_flip:
         flip = torch.rand(batch, generator=generator).to(x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    if augmentation.rotation_degrees > 0:
+    low_area, high_area = augmentation.crop_scale
+    if augmentation.rotation_degrees > 0 or low_area < 1.0:
         angle = uniform(-augmentation.rotation_degrees, augmentation.rotation_degrees) * (math.pi / 180.0)
-        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        # A crop keeping `area` of the image, aspect ratio 3/4-4/3, anywhere inside it.
+        area = uniform(low_area, high_area)
+        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3)) if low_area < 1.0 else torch.zeros_like(area)
+        scale_x = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+        scale_y = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        shift_x = (uniform(-1, 1) * (1 - scale_x))
+        shift_y = (uniform(-1, 1) * (1 - scale_y))
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.stack(
+            [torch.stack([cos * scale_x, -sin * scale_y, shift_x], 1), torch.stack([sin * scale_x, cos * scale_y, shift_y], 1)], 1
+        )
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     low, high = augmentation.brightness
     if (low, high) != (1.0, 1.0):
-        x = (x * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype)).clamp_(0.0, 1.0)
-    return x
+        x = x * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype)
+    low, high = augmentation.contrast
+    if (low, high) != (1.0, 1.0):
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype) + mean
+    low, high = augmentation.saturation
+    if (low, high) != (1.0, 1.0):
+        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = (x - gray) * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype) + gray
+    return x.clamp_(0.0, 1.0)

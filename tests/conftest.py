@@ -39,7 +39,7 @@ def ray_session():
     workers and Ray Data's decoding tasks can be scheduled side by side."""
     import ray
 
-    ray.init(num_cpus=6, include_dashboard=False, ignore_reinit_error=True, configure_logging=False)
+    ray.init(address="local", num_cpus=6, include_dashboard=False, ignore_reinit_error=True, configure_logging=False)
     yield ray
     ray.shutdown()
 

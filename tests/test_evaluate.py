@@ -215,7 +215,7 @@ def test_flip_tta_averages_the_photo_and_its_mirror(artifacts, demo_tree):
     path = read_labelled_tree(str(demo_tree)).paths[0]
     photo = np.array(load_array(open(path, "rb").read(), IMAGE_SIZE))  # writable, as torch wants
     expected = (predictor.predict_probabilities(photo[None]) + predictor.predict_probabilities(np.ascontiguousarray(photo[None, :, ::-1]))) / 2
-    probabilities, kept, _ = predict_paths(predictor, [path], tta=True)
+    probabilities, kept, _ = predict_paths(Predictor(artifacts["custom_cnn"], tta=True), [path])
     assert kept == [0]
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
 
