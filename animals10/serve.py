@@ -14,6 +14,7 @@ changes them, and rolls out a new model, without restarting replicas.
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -74,26 +75,33 @@ class ModelConfig:
     model_uri: str
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
+    tta: bool = False  # test-time augmentation: average with the mirrored photo
 
     @classmethod
     def from_user_config(cls, values: dict | None) -> "ModelConfig":
         values = dict(values or {})
-        unknown = set(values) - {"model_uri", "max_batch_size", "batch_wait_timeout_s"}
+        unknown = set(values) - {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta"}
         if unknown:
-            raise ValueError(f"Unknown user_config keys {sorted(unknown)}; use model_uri, max_batch_size and batch_wait_timeout_s.")
+            raise ValueError(f"Unknown user_config keys {sorted(unknown)}; use model_uri, max_batch_size, batch_wait_timeout_s and tta.")
         if not values.get("model_uri"):
             raise ValueError("The deployment's user_config has no model_uri; set it to a model artifact directory or s3:// URI.")
         config = cls(
             str(values["model_uri"]),
             int(values.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
             float(values.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
+            bool(values.get("tta", False)),
         )
         if config.max_batch_size < 1 or config.batch_wait_timeout_s < 0:
             raise ValueError("user_config needs max_batch_size >= 1 and batch_wait_timeout_s >= 0.")
         return config
 
     def to_user_config(self) -> dict:
-        return {"model_uri": self.model_uri, "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
+        return {
+            "model_uri": self.model_uri,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "tta": self.tta,
+        }
 
 
 # --- the FastAPI app -------------------------------------------------------------------------------
@@ -250,10 +258,11 @@ class Classifier:
         async with self._reconfigure_lock:
             self.classify.set_max_batch_size(config.max_batch_size)
             self.classify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-            if self.predictor is None or self.config is None or config.model_uri != self.config.model_uri:
+            if self.predictor is None or self.config is None or (config.model_uri, config.tta) != (self.config.model_uri, self.config.tta):
                 started = time.perf_counter()
                 # Loaded off the event loop: the old model keeps answering until the new one is ready.
-                predictor = await asyncio.get_running_loop().run_in_executor(None, Predictor, config.model_uri)
+                load = functools.partial(Predictor, config.model_uri, tta=config.tta)
+                predictor = await asyncio.get_running_loop().run_in_executor(None, load)
                 self.predictor = predictor
                 logger.info("Serving %s from %s (loaded in %.1f s).", predictor.model_id, config.model_uri, time.perf_counter() - started)
             self.config = config
@@ -402,11 +411,12 @@ def build_app(
     torch_threads: int | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     access_log: bool = True,
+    tta: bool = False,
 ) -> serve.Application:
     """The Serve application for one artifact. `autoscaling=(min, max)` replaces `num_replicas`."""
     user_config = None
     if model_uri:
-        user_config = ModelConfig(model_uri, max_batch_size, batch_wait_timeout_s).to_user_config()
+        user_config = ModelConfig(model_uri, max_batch_size, batch_wait_timeout_s, tta).to_user_config()
         ModelConfig.from_user_config(user_config)  # validates the numbers here, not in a replica
     options: dict = {
         "max_ongoing_requests": max(max_ongoing_requests, max_batch_size * MAX_CONCURRENT_BATCHES),
@@ -432,7 +442,7 @@ def app_builder(args: dict) -> serve.Application:
     torch_threads; a `user_config` in the config file's deployments section overrides the first three.
     """
     args = dict(args or {})
-    known = {"model_uri", "max_batch_size", "batch_wait_timeout_s", "max_body_mb", "max_files", "torch_threads", "access_log"}
+    known = {"model_uri", "max_batch_size", "batch_wait_timeout_s", "max_body_mb", "max_files", "torch_threads", "access_log", "tta"}
     if set(args) - known:
         raise ValueError(f"Unknown application args {sorted(set(args) - known)}; use {', '.join(sorted(known))}.")
     return build_app(args.pop("model_uri", None), **args)
@@ -461,6 +471,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "on a remote cluster set both variables on every node before Ray starts instead",
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average each photo's probabilities with its mirror's")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="largest request body accepted (413 above)")
     parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="most photos in one multipart request (400 above)")
 
@@ -504,6 +515,7 @@ def run_serve(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         max_ongoing_requests=args.max_ongoing_requests,
         access_log=not args.no_access_log,
+        tta=args.tta,
     )
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
