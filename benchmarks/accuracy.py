@@ -62,7 +62,7 @@ def main() -> None:
 
     print(f"\n{args.data}: {len(args.seeds)} stratified 80/20 splits per row (seeds {args.seeds})")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only")
-    print(f"| recipe | model | input | accuracy | macro precision | macro recall | epochs | minutes/run |")
+    print("| recipe | model | input | accuracy | macro precision | macro recall | epochs | minutes/run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for recipe in args.recipes:
         for model in args.models:

@@ -69,15 +69,17 @@ def ray_head(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard_port}"
-    # Ready once a trivial job runs through (the job API answers before its agent can take jobs).
-    deadline = time.monotonic() + 180
-    while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True).returncode != 0:
-        assert head.poll() is None, "ray start --head exited"
-        assert time.monotonic() < deadline, "the head did not start taking jobs"
-        time.sleep(2)
-    yield address, env
-    head.terminate()
-    head.wait(timeout=60)
+    try:
+        # Ready once a trivial job runs through (the job API answers before its agent can take jobs).
+        deadline = time.monotonic() + 180
+        while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True).returncode != 0:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the head did not start taking jobs"
+            time.sleep(2)
+        yield address, env
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
 
 
 def test_ray_job_submit_trains_on_a_real_head(ray_head, demo_tree, tmp_path):
