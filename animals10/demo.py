@@ -86,14 +86,16 @@ def add_demo_arguments(parser) -> None:
 def run_demo(args) -> int:
     """Demo data -> both models trained with Ray Train (the transfer model pretrained, offline) -> table."""
     from animals10 import train
-    from animals10.config import TrainConfig
+    from animals10.config import recipe_config
     from animals10.report import write_report
 
     output = Path(args.output)
     data_dir = output / "data" / "raw-img"
     if not data_dir.exists():
         write_demo_data(data_dir, args.images_per_class)
-    config = TrainConfig(
+    # The study's recipe: the quickest on a CPU (`--recipe best` is the default of jobs/train.py).
+    config = recipe_config(
+        "study",
         data=str(data_dir),
         output=str(output / "models"),
         models=("custom_cnn", "efficientnet_lite0"),
