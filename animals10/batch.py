@@ -76,6 +76,7 @@ class BatchConfig:
     num_cpus_per_actor: float = 1.0  # on a CPU-only cluster also the number of torch threads per replica
     num_cpus_per_decode_task: float = 1.0
     top_k: int = 3
+    tta: bool = False  # test-time augmentation: average with the mirrored photo
     resume: bool = False
     gpu_decode: bool = False  # decode JPEGs with nvJPEG on the replica's GPU; ignored without GPUs
     rows_per_file: int = 10_000  # rows per Parquet part
@@ -176,11 +177,19 @@ class ClassifyBatch:
     Rows whose `error` is set pass through with null predictions; the others get label, label_index,
     confidence and top_k. Returns an Arrow table in the output schema."""
 
-    def __init__(self, model_uri: str, top_k: int = 3, gpu_decode: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, s3_endpoint: str | None = None):
+    def __init__(
+        self,
+        model_uri: str,
+        top_k: int = 3,
+        gpu_decode: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        s3_endpoint: str | None = None,
+        tta: bool = False,
+    ):
         from animals10.predictor import Predictor
 
         storage.set_s3_endpoint(s3_endpoint)
-        self.predictor = Predictor(model_uri, top_k=top_k)
+        self.predictor = Predictor(model_uri, top_k=top_k, tta=tta)
         self.max_pixels = max_pixels
         self.gpu_decode = gpu_decode and self.predictor.device.type != "cpu"
         if gpu_decode and not self.gpu_decode:
@@ -442,6 +451,7 @@ def classify_images(config: BatchConfig, on_part_written: Callable[[str], None] 
             fn_constructor_kwargs={
                 "model_uri": config.model_uri,
                 "top_k": config.top_k,
+                "tta": config.tta,
                 "gpu_decode": gpu_decode,
                 "max_pixels": config.max_pixels,
                 "s3_endpoint": endpoint,
@@ -545,6 +555,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-replica", type=_non_negative_float, default=defaults.num_cpus_per_actor, help="CPUs reserved per model replica")
     parser.add_argument("--cpus-per-decode-task", type=_non_negative_float, default=defaults.num_cpus_per_decode_task, help="CPUs reserved per decoding task")
     parser.add_argument("--top-k", type=_positive_int, default=defaults.top_k, help="classes listed per photo in top_k")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average each photo's probabilities with its mirror's")
     parser.add_argument("--rows-per-file", type=_positive_int, default=defaults.rows_per_file, help="rows per Parquet part")
     parser.add_argument("--resume", action="store_true", help="keep the parts already under --output and classify only the photos they lack")
     parser.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on the GPU (nvJPEG); falls back to the CPU without GPUs")
@@ -577,6 +588,7 @@ def run_infer(args: argparse.Namespace) -> int:
         num_cpus_per_actor=args.cpus_per_replica,
         num_cpus_per_decode_task=args.cpus_per_decode_task,
         top_k=args.top_k,
+        tta=args.tta,
         resume=args.resume,
         gpu_decode=args.gpu_decode,
         rows_per_file=args.rows_per_file,
