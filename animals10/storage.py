@@ -127,6 +127,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         tmp.write(data)
+    os.chmod(tmp.name, 0o644)  # as a plain open() would leave it, not the temporary file's 0o600
     os.replace(tmp.name, path)
 
 
