@@ -14,8 +14,13 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
+def on_gpu(device: torch.device) -> bool:
+    """Whether GPU-only speed-ups apply: mixed precision, channels_last, pinned memory."""
+    return device.type == "cuda"
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """Mixed precision on GPUs (bfloat16: no loss scaling needed); full precision on the CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if enabled and on_gpu(device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()

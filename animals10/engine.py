@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animals10.device import autocast
+from animals10.device import autocast, on_gpu
 from animals10.metrics import confusion_matrix
 from animals10.transforms import Augmentation, Preprocessing, to_model_input
 
@@ -37,7 +37,7 @@ def split_batch(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.
     skipped = [str(p) for p in np.asarray(batch["path"], dtype=object)[~good]]
     images = torch.from_numpy(np.ascontiguousarray(batch["image"][good]))
     labels = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)[good])
-    non_blocking = device.type == "cuda"
+    non_blocking = on_gpu(device)
     if non_blocking:
         images = images.pin_memory()
     return images.to(device, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking), skipped

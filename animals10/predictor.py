@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from animals10.artifact import load_model
-from animals10.device import autocast
+from animals10.device import autocast, on_gpu
 from animals10.transforms import to_model_input
 
 
@@ -28,7 +28,7 @@ class Predictor:
         self.top_k = min(top_k, len(self.class_names))
         self.mixed_precision = mixed_precision
         self.tta = tta  # test-time augmentation: average with the mirrored photo
-        if self.device.type == "cuda":
+        if on_gpu(self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @property
@@ -43,7 +43,7 @@ class Predictor:
         batch = torch.as_tensor(images)
         if len(batch) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        if self.device.type == "cuda":
+        if on_gpu(self.device):
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         x = to_model_input(batch.to(self.device), self.preprocessing)
         with autocast(self.device, self.mixed_precision):

@@ -263,7 +263,9 @@ def initial_model(config: TrainConfig, model_name: str, num_classes: int) -> tor
     """The model before training: ImageNet backbone for transfer models (or a clear error), else random."""
     spec = get_model_spec(model_name)
     kwargs = config.model_kwargs.get(model_name, {})
-    return create_model(model_name, num_classes, pretrained=config.pretrained and spec.transfer, weights_path=config.weights, **kwargs)
+    if not spec.transfer:
+        return create_model(model_name, num_classes, **kwargs)
+    return create_model(model_name, num_classes, pretrained=config.pretrained, weights_path=config.weights, **kwargs)
 
 
 def train_model(

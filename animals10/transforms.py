@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from animals10.device import on_gpu
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 UNIT_MEAN = (0.0, 0.0, 0.0)  # pixels stay in [0, 1], as the study's Rescaling(1/255)
@@ -63,7 +65,7 @@ def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentat
     if augmentation is not None:
         x = augment(x, augmentation)
     x = normalise(x, preprocessing)
-    if x.device.type == "cuda":
+    if on_gpu(x.device):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
