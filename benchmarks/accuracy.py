@@ -5,7 +5,7 @@
 
 Each run trains with Ray Train through the same function as jobs/train.py (animals10.train.train_models)
 on an 80/20 split drawn with one seed, and reports the validation accuracy, macro precision and macro
-recall of the kept (best) epoch. 64 validation photos make a noisy number, so the splits repeat with
+recall of the kept (best) epoch. 60 validation photos (6 per class) make a noisy number, so the splits repeat with
 different seeds and the table shows mean and standard deviation.
 """
 
