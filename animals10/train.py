@@ -62,6 +62,17 @@ def _all_gather_paths(paths: list[str]) -> list[str]:
     return sorted(p for part in gathered for p in part)
 
 
+def _broadcast_buffers(model: torch.nn.Module) -> None:
+    """Gives every worker rank 0's BatchNorm statistics. DDP broadcasts them before each training
+    forward pass, but that pass then updates each worker's own copy: without this, workers would
+    validate slightly different models, and not the one the checkpoint saves."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in unwrap(model).buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def _configure_phase(model: torch.nn.Module, phase: str, phase_epochs: int, loop: dict):
     """Freezes or unfreezes the backbone for `phase`, then wraps (DDP) and builds optimizer and schedule.
 
@@ -178,6 +189,7 @@ def train_loop_per_worker(loop: dict) -> None:
         train_totals = train_one_epoch(
             model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"], class_weights
         )
+        _broadcast_buffers(model)
         val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
         val_totals = evaluate(unwrap(model), val_batches, preprocessing, device, len(class_names), loop["mixed_precision"])
         metrics = _epoch_metrics(train_totals, val_totals, class_names)

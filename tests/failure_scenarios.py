@@ -48,9 +48,10 @@ def main(scenario: str, output: Path) -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
 
-    data = write_demo_data(output / "data", images_per_class=8, seed=1)
+    # Epochs of a few seconds each: the fault lands early in the run, however fast the machine.
+    data = write_demo_data(output / "data", images_per_class=20, seed=1)
     config = TrainConfig(
-        data=str(data), output=str(output / "run"), models=("custom_cnn",), epochs=8, image_size=32, num_workers=2, max_failures=3
+        data=str(data), output=str(output / "run"), models=("custom_cnn",), epochs=8, image_size=96, num_workers=2, max_failures=3
     )
     result: dict = {}
 
@@ -64,6 +65,7 @@ def main(scenario: str, output: Path) -> None:
 
     thread = threading.Thread(target=train)
     thread.start()
+    # Two on disk: the first is surely registered with Ray Train, so a restart has one to resume from.
     wait_for_checkpoints(output / "run" / "checkpoints" / "custom_cnn", 2)
     victim = alive_train_workers()[0]
     if scenario == "kill-worker":
