@@ -171,9 +171,12 @@ def train_loop_per_worker(loop: dict) -> None:
 
     phase = phase_of(state["epoch"])
     model, optimizer, scheduler = _configure_phase(model, phase, epochs_in(phase), loop)
-    if checkpoint and "optimizer" in state:
-        optimizer.load_state_dict(state.pop("optimizer"))
-        scheduler.load_state_dict(state.pop("scheduler"))
+    saved_phase, optimizer_state, scheduler_state = state.pop("phase", None), state.pop("optimizer", None), state.pop("scheduler", None)
+    if saved_phase == phase and optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+    elif checkpoint:  # the checkpoint ended a phase: the next one starts fresh, patience too
+        state["best_val_loss"], state["stale_epochs"] = float("inf"), 0
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -214,7 +217,13 @@ def train_loop_per_worker(loop: dict) -> None:
             saved_checkpoint = None
             if rank == 0:
                 torch.save(
-                    {**state, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                    {
+                        **state,
+                        "phase": phase,
+                        "model": unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                    },
                     Path(checkpoint_dir) / STATE_FILE,
                 )
                 saved_checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)

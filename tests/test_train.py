@@ -82,6 +82,15 @@ def test_a_restarted_run_resumes_from_its_latest_checkpoint(ray_session, demo_tr
     assert 1 <= len(checkpoints) <= 3  # the best two and the latest are kept
 
 
+def test_a_transfer_run_resumes_across_its_phase_switch(ray_session, demo_tree, tmp_path):
+    """Stopped after the head-only phase, restarted: fine-tuning starts with its own optimizer."""
+    config = TrainConfig(data=str(demo_tree), output=str(tmp_path / "run"), models=("efficientnet_lite0",), epochs=1, image_size=32)
+    train_models(config)
+    [resumed] = train_models(config.with_overrides(epochs=2))
+    assert [(h["epoch"], h["phase"]) for h in resumed.history] == [(1, "head"), (2, "fine_tune")]
+    assert resumed.history[1]["lr"] == pytest.approx(config.fine_tune_lr)
+
+
 def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_tree, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [
