@@ -12,9 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -149,9 +147,3 @@ def load_model(uri: str, device: torch.device | str | None = None) -> LoadedMode
         raise ArtifactError(f"The weights in '{uri}' do not fit a {card.architecture} model ({error}).") from error
     return LoadedModel(model.to(device).eval(), card, device)
 
-
-def local_copy(uri: str) -> Path:
-    """A local directory with the artifact's files (downloads s3:// artifacts to a temporary dir)."""
-    if not storage.is_s3(uri):
-        return Path(uri)
-    return storage.download_dir(uri, tempfile.mkdtemp(prefix="animals10-artifact-"))
