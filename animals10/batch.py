@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from animals10 import storage
-from animals10.data import relative_path
+from animals10.data import photo_error, relative_path
 from animals10.errors import Animals10Error, DataError, StorageError
 from animals10.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, load_array, open_image
 from animals10.labels import class_name_for_folder
@@ -148,10 +148,8 @@ def read_and_decode(
             else:
                 images[i] = load_array(data, image_size, max_pixels)
             errors.append("")
-        except ImageDecodeError as error:
-            errors.append(f"{error.kind}: {error}")
-        except (OSError, StorageError) as error:
-            errors.append(f"unreadable: {error}")
+        except (ImageDecodeError, OSError, StorageError) as error:
+            errors.append(photo_error(error))
         except Exception as error:  # noqa: BLE001 - one odd file must never stop the job
             errors.append(f"corrupt: the image could not be decoded ({type(error).__name__}: {error})")
         if errors[-1]:

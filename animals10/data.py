@@ -93,19 +93,31 @@ def split_indices(tree: LabelledTree, val_fraction: float = 0.2, seed: int = 42)
     return sorted(train), sorted(val)
 
 
+def photo_error(error: Exception) -> str:
+    """The `error` string of a file that cannot be used: "<kind>: <why>"."""
+    if isinstance(error, ImageDecodeError):
+        return f"{error.kind}: {error}"
+    return f"unreadable: {error}"
+
+
+def load_photo(path: str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray | None, str]:
+    """Reads and decodes one photo: ((S, S, 3) uint8, "") or, for a file that cannot be used, (None, its error)."""
+    try:
+        return load_array(storage.read_bytes(path), image_size, max_pixels), ""
+    except (ImageDecodeError, OSError, StorageError) as error:
+        return None, photo_error(error)
+
+
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """Ray Data batch of paths -> decoded (B, S, S, 3) uint8 photos, with `error` set (and zeros) for bad files."""
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
     errors = []
     for i, path in enumerate(paths):
-        try:
-            images[i] = load_array(storage.read_bytes(path), image_size, max_pixels)
-            errors.append("")
-        except ImageDecodeError as error:
+        image, error = load_photo(path, image_size, max_pixels)
+        if image is None:
             logger.warning("Skipping %s: %s.", path, error)
-            errors.append(f"{error.kind}: {error}")
-        except (OSError, StorageError) as error:
-            logger.warning("Skipping %s: cannot read it (%s).", path, error)
-            errors.append(f"unreadable: {error}")
+        else:
+            images[i] = image
+        errors.append(error)
     return {**batch, "image": images, "error": np.array(errors, dtype=object)}

@@ -21,9 +21,8 @@ import numpy as np
 
 from animals10 import storage
 from animals10.artifact import ModelCard, read_card
-from animals10.data import read_labelled_tree, split_indices
+from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.errors import ArtifactError, DataError, StorageError
-from animals10.imaging import ImageDecodeError, load_array
 from animals10.labels import class_name_for_folder
 from animals10.metrics import (
     classification_metrics,
@@ -260,16 +259,6 @@ def score_parquet(card: ModelCard, model_uri: str, data_uri: str) -> tuple[Evalu
 # --- running the model -----------------------------------------------------------------------------
 
 
-def _decode(path: str, image_size: int) -> np.ndarray | str:
-    """(S, S, 3) uint8 photo, or why it cannot be used."""
-    try:
-        return load_array(storage.read_bytes(path), image_size)
-    except ImageDecodeError as error:
-        return f"{error.kind}: {error}"
-    except (OSError, StorageError) as error:
-        return f"unreadable: {error}"
-
-
 def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads: int | None = None):
     """Runs `predictor` over photos in batches: ((M, C) probabilities, the M indices of `paths` scored,
     skipped [(path, why)])."""
@@ -282,12 +271,12 @@ def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
             chunk = paths[start:start + batch_size]
             images = []
-            for offset, decoded in enumerate(pool.map(lambda p: _decode(p, predictor.image_size), chunk)):
-                if isinstance(decoded, str):
-                    logger.warning("Skipping %s: %s.", chunk[offset], decoded)
-                    skipped.append((chunk[offset], decoded))
+            for offset, (image, error) in enumerate(pool.map(lambda p: load_photo(p, predictor.image_size), chunk)):
+                if image is None:
+                    logger.warning("Skipping %s: %s.", chunk[offset], error)
+                    skipped.append((chunk[offset], error))
                 else:
-                    images.append(decoded)
+                    images.append(image)
                     kept.append(start + offset)
             if not images:
                 continue
