@@ -1,8 +1,8 @@
 """Training configuration: every default in one place, and the named recipes.
 
 `--recipe study` reproduces the original study's settings; `--recipe best` (the default) is the
-stronger recipe. The command line overrides a recipe's values, and the resolved configuration is
-saved with each run and inside each model artifact."""
+stronger recipe. A recipe may set values for one model only (`model_settings`); values given on the
+command line override both. The configuration resolved for each model is saved inside its artifact."""
 
 from __future__ import annotations
 
@@ -34,12 +34,11 @@ class TrainConfig:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    model_kwargs: dict = field(default_factory=dict)  # per model name, e.g. {"custom_cnn": {"residual": True}}
+    model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"residual": True}
     image_size: int = 128
-    transfer_image_size: int | None = None  # input size of pretrained models, when it differs
     val_fraction: float = 0.2
     seed: int = 42
-    early_stopping_patience: int = 5  # epochs without a better validation loss
+    early_stopping_patience: int = 5  # epochs without a better validation loss; 0: never stop early
     plateau_patience: int = 2  # epochs before the learning rate is reduced
     plateau_factor: float = 0.5
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -51,31 +50,51 @@ class TrainConfig:
     max_failures: int = 0  # worker or node failures to recover from, from the latest checkpoint
     mixed_precision: bool = True  # bfloat16 autocast on GPUs; no effect on CPUs
     s3_endpoint: str | None = None
-
-    def epochs_for(self, model_name: str) -> int:
-        return self.epochs if self.epochs is not None else get_model_spec(model_name).default_epochs
-
-    def image_size_for(self, model_name: str) -> int:
-        if self.transfer_image_size and get_model_spec(model_name).transfer:
-            return self.transfer_image_size
-        return self.image_size
+    # Per model name, the recipe's values that differ for that model, e.g. {"custom_cnn": {"epochs": 120}}.
+    model_settings: dict = field(default_factory=dict)
+    explicit: tuple[str, ...] = ()  # names of the values given on the command line: they win over model_settings
 
     def with_overrides(self, **overrides) -> "TrainConfig":
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given, explicit=tuple(sorted({*self.explicit, *given})))
+
+    def with_augmentation(self, **changes) -> "TrainConfig":
+        """This configuration with some augmentation values (not None) changed, as given on the command line."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return self.with_overrides(augmentation=replace(self.augmentation, **changes)) if changes else self
+
+    def for_model(self, model_name: str) -> "TrainConfig":
+        """The values that apply to one model: the recipe's for that model on top, the command line's on top
+        of those, and the model's default number of epochs where none is set."""
+        spec = get_model_spec(model_name)
+        settings = {k: v for k, v in self.model_settings.get(model_name, {}).items() if k not in self.explicit}
+        resolved = replace(self, **settings)
+        return resolved if resolved.epochs is not None else replace(resolved, epochs=spec.default_epochs)
+
+    def image_size_for(self, model_name: str) -> int:
+        return self.for_model(model_name).image_size
 
     def to_dict(self) -> dict:
         values = asdict(self)
         values["models"] = list(self.models)
+        values["explicit"] = list(self.explicit)
         return values
 
+
+TRANSFER_MODELS = ("mobilenet_v2", "efficientnet_lite0")
+
+# The study's augmentation with random resized crops and colour jitter on top.
+STRONG_AUGMENTATION = Augmentation(
+    horizontal_flip=True, rotation_degrees=15.0, brightness=(0.7, 1.3), crop_scale=(0.35, 1.0), contrast=(0.7, 1.3), saturation=(0.6, 1.4)
+)
 
 RECIPES: dict[str, dict] = {
     # The study: Adam at 0.001, reduce-LR-on-plateau, early stopping, flips/rotations/brightness,
     # 128 px; transfer models train the head, then the top 30% of the backbone at a tenth of the rate.
     "study": {},
-    # Stronger: a residual from-scratch CNN; random resized crops and colour jitter; label smoothing;
-    # AdamW with weight decay; warm-up then cosine decay; the loss weighted against class imbalance;
-    # transfer models at 224 px, the head first, then the whole network at a low rate.
+    # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
+    # then cosine decay, the loss weighted against class imbalance. Transfer models at 224 px, the head
+    # first, then the whole network at a low rate. The from-scratch CNN at 64 px, many short steps.
     "best": {
         "optimizer": "adamw",
         "lr": 2e-3,
@@ -88,16 +107,11 @@ RECIPES: dict[str, dict] = {
         "head_epochs_fraction": 0.2,
         "unfreeze_fraction": 1.0,
         "early_stopping_patience": 10,
-        "transfer_image_size": 224,
-        "model_kwargs": {"custom_cnn": {"residual": True}},
-        "augmentation": Augmentation(
-            horizontal_flip=True,
-            rotation_degrees=15.0,
-            brightness=(0.7, 1.3),
-            crop_scale=(0.35, 1.0),
-            contrast=(0.7, 1.3),
-            saturation=(0.6, 1.4),
-        ),
+        "augmentation": STRONG_AUGMENTATION,
+        "model_settings": {
+            **{name: {"image_size": 224} for name in TRANSFER_MODELS},
+            "custom_cnn": {"image_size": 64, "epochs": 120, "batch_size": 16, "lr": 1e-3, "early_stopping_patience": 0},
+        },
     },
 }
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from animals10.device import autocast, on_gpu
 from animals10.metrics import confusion_matrix
-from animals10.transforms import Augmentation, Preprocessing, to_model_input
+from animals10.transforms import Augmentation, Preprocessing, mix_batch, to_model_input
 
 
 @dataclass
@@ -53,7 +53,10 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     mixed_precision: bool = True,
     class_weights: torch.Tensor | None = None,
+    num_classes: int | None = None,
 ) -> EpochTotals:
+    """One pass over `batches`. With MixUp/CutMix (`num_classes` then required) the training accuracy
+    counts hits on each photo's own label, whatever share of it the mixing kept."""
     totals = EpochTotals()
     start = time.perf_counter()
     model.train()
@@ -67,9 +70,12 @@ def train_one_epoch(
             images = torch.zeros((1, *batch["image"].shape[1:]), dtype=torch.uint8, device=device)
             labels = torch.zeros(1, dtype=torch.int64, device=device)
         x = to_model_input(images, preprocessing, augmentation)
+        targets = labels
+        if augmentation is not None and augmentation.mixes:
+            x, targets = mix_batch(x, labels, num_classes, augmentation)  # (B, num_classes) soft targets
         with autocast(device, mixed_precision):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels, weight=class_weights, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets, weight=class_weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()

@@ -150,7 +150,7 @@ def train_loop_per_worker(loop: dict) -> None:
     transfer = get_model_spec(loop["model_name"]).transfer
     head_epochs = max(1, round(loop["epochs"] * loop["head_epochs_fraction"])) if transfer else 0
 
-    model = create_model(loop["model_name"], len(class_names), **loop["model_kwargs_resolved"])
+    model = create_model(loop["model_name"], len(class_names), **loop["model_kwargs"])
     model.load_state_dict(ray.get(loop["initial_state"]))  # ImageNet backbone or random init, loaded once by the driver
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "stale_epochs": 0, "stopped_early": False, "skipped": [], "resumed_after": []}
     checkpoint = ray.train.get_checkpoint()
@@ -190,7 +190,8 @@ def train_loop_per_worker(loop: dict) -> None:
             state["best_val_loss"], state["stale_epochs"] = float("inf"), 0  # patience starts again
         batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2)
         train_totals = train_one_epoch(
-            model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"], class_weights
+            model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"],
+            class_weights, len(class_names),
         )
         _broadcast_buffers(model)
         val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
@@ -206,7 +207,7 @@ def train_loop_per_worker(loop: dict) -> None:
             state["best_val_loss"], state["stale_epochs"] = metrics["val_loss"], 0
         else:
             state["stale_epochs"] += 1
-        state["stopped_early"] = state["stale_epochs"] >= loop["early_stopping_patience"]
+        state["stopped_early"] = 0 < loop["early_stopping_patience"] <= state["stale_epochs"]
         state["epoch"] = epoch + 1
         state["skipped"] = sorted(set(state["skipped"]) | set(skipped))
         metrics.update(epoch=epoch + 1, phase=phase, lr=lr, num_skipped=len(state["skipped"]))
@@ -282,11 +283,10 @@ def _load_state(checkpoint) -> dict:
 
 def initial_model(config: TrainConfig, model_name: str, num_classes: int) -> torch.nn.Module:
     """The model before training: ImageNet backbone for transfer models (or a clear error), else random."""
-    spec = get_model_spec(model_name)
-    kwargs = config.model_kwargs.get(model_name, {})
-    if not spec.transfer:
-        return create_model(model_name, num_classes, **kwargs)
-    return create_model(model_name, num_classes, pretrained=config.pretrained, weights_path=config.weights, **kwargs)
+    config = config.for_model(model_name)
+    if not get_model_spec(model_name).transfer:
+        return create_model(model_name, num_classes, **config.model_kwargs)
+    return create_model(model_name, num_classes, pretrained=config.pretrained, weights_path=config.weights, **config.model_kwargs)
 
 
 def train_model(
@@ -298,23 +298,19 @@ def train_model(
     from ray.train.torch import TorchTrainer
 
     spec = get_model_spec(model_name)
-    image_size = config.image_size_for(model_name)
+    config = config.for_model(model_name)
+    image_size, epochs, model_kwargs = config.image_size, config.epochs, config.model_kwargs
     preprocessing = Preprocessing(image_size, spec.mean, spec.std)
-    model_kwargs = config.model_kwargs.get(model_name, {})
     train_counts = tree.class_counts(train_idx)
     # Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double.
     class_weights = [len(train_idx) / (len(train_counts) * max(n, 1)) for n in train_counts.values()] if config.class_weighting else None
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    epochs = config.epochs_for(model_name)
     loop = {
         **config.to_dict(),
         "model_name": model_name,
-        "epochs": epochs,
         "class_names": tree.class_names,
         "class_weights": class_weights,
-        "model_kwargs_resolved": model_kwargs,
         "preprocessing": preprocessing.to_dict(),
-        "augmentation": config.augmentation.to_dict(),
         # Loaded once by the driver: workers on other nodes need neither the network nor torch's cache.
         "initial_state": ray.put(initial.state_dict()),
     }
@@ -341,9 +337,7 @@ def train_model(
         preprocessing=preprocessing,
         model_kwargs=model_kwargs,
         training={
-            **{k: v for k, v in config.to_dict().items() if k != "models"},
-            "epochs": epochs,
-            "image_size": image_size,
+            **{k: v for k, v in config.to_dict().items() if k not in ("models", "model_settings")},
             "class_weights": class_weights,
             "epochs_run": len(history),
             "use_gpu": use_gpu,
@@ -402,17 +396,30 @@ def comparison_table(models: list[TrainedModel]) -> str:
 # --- command line ----------------------------------------------------------------------------------
 
 
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
+    return value
+
+
 def add_train_arguments(parser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix")
     parser.add_argument("--model", action="append", choices=list_models(), help=f"repeatable (default: {' and '.join(DEFAULT_MODELS)})")
     parser.add_argument("--recipe", choices=list(RECIPES), default="best", help="named training settings (see README); options below override them")
     parser.add_argument("--output", default=defaults.output, help="local dir or s3:// URI for artifacts and checkpoints")
-    parser.add_argument("--epochs", type=int, help="default: 30 for custom_cnn, 20 for transfer models")
+    parser.add_argument("--epochs", type=int, help="every model's epochs (default: the recipe's; best: 120 for custom_cnn, 20 for transfer models)")
     parser.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
     parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
-    parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 224 for transfer models)")
+    parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)")
+    parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None, help="TrivialAugment: one random operation per photo")
+    parser.add_argument("--mixup", type=_alpha, metavar="ALPHA", help="MixUp with this Beta(alpha, alpha) (0: off)")
+    parser.add_argument("--cutmix", type=_alpha, metavar="ALPHA", help="CutMix with this Beta(alpha, alpha) (0: off)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
@@ -424,11 +431,10 @@ def add_train_arguments(parser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    return recipe_config(
+    config = recipe_config(
         args.recipe,
         data=args.data,
         models=tuple(args.model or DEFAULT_MODELS),
-        transfer_image_size=args.image_size,
         output=args.output,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -444,6 +450,7 @@ def config_from_args(args) -> TrainConfig:
         seed=args.seed,
         s3_endpoint=args.s3_endpoint,
     )
+    return config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
 
 
 def init_ray(min_cpus: int = 1) -> None:

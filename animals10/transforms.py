@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from animals10.device import on_gpu
 
@@ -39,8 +41,10 @@ class Preprocessing:
 @dataclass(frozen=True)
 class Augmentation:
     """Training-time changes. The defaults are the study's: flips, rotations up to 20 degrees and
-    brightness 0.8-1.2. `crop_scale` adds random resized crops (share of the area kept), and
-    `contrast` / `saturation` colour jitter, for stronger recipes."""
+    brightness 0.8-1.2. For stronger recipes: `crop_scale` adds random resized crops (share of the
+    area kept), `contrast` / `saturation` colour jitter, `trivial_augment` one random operation of
+    random strength per photo (TrivialAugment, Müller & Hutter 2021), and `mixup_alpha` /
+    `cutmix_alpha` blend pairs of photos and their labels (half the batches each when both are set)."""
 
     horizontal_flip: bool = True
     rotation_degrees: float = 20.0
@@ -48,6 +52,13 @@ class Augmentation:
     crop_scale: tuple[float, float] = (1.0, 1.0)
     contrast: tuple[float, float] = (1.0, 1.0)
     saturation: tuple[float, float] = (1.0, 1.0)
+    trivial_augment: bool = False
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +72,10 @@ def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentat
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, augmented when given, normalised.
 
     The one conversion that training, evaluation, batch inference and serving share."""
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    x = images.permute(0, 3, 1, 2)
+    if augmentation is not None and augmentation.trivial_augment:
+        x = trivial_augment(x)
+    x = x.float().div_(255.0)
     if augmentation is not None:
         x = augment(x, augmentation)
     x = normalise(x, preprocessing)
@@ -119,3 +133,37 @@ def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Genera
         gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         x = (x - gray) * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype) + gray
     return x.clamp_(0.0, 1.0)
+
+
+_TRIVIAL_AUGMENT = v2.TrivialAugmentWide()
+
+
+def trivial_augment(images: torch.Tensor) -> torch.Tensor:
+    """TrivialAugment on (B, 3, H, W) uint8: each photo gets its own random operation and strength."""
+    return torch.stack([_TRIVIAL_AUGMENT(image) for image in images])
+
+
+def mix_batch(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, augmentation: Augmentation, generator: np.random.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp or CutMix of a batch with itself reversed: (B, 3, H, W) inputs, (B,) class indices ->
+    mixed inputs and (B, num_classes) soft targets. With both alphas set, each batch draws one of the two."""
+    rng = generator or np.random.default_rng()
+    targets = F.one_hot(labels, num_classes).to(x.dtype)
+    choices = [kind for kind, alpha in (("mixup", augmentation.mixup_alpha), ("cutmix", augmentation.cutmix_alpha)) if alpha > 0]
+    if not choices or len(labels) < 2:
+        return x, targets
+    kind = choices[rng.integers(len(choices))]
+    partner = torch.arange(len(labels) - 1, -1, -1, device=x.device)
+    if kind == "mixup":
+        share = float(rng.beta(augmentation.mixup_alpha, augmentation.mixup_alpha))
+        mixed = x * share + x[partner] * (1 - share)
+    else:  # a box of the partner's photo pasted in, its area drawn so that the kept share is Beta-distributed
+        height, width = x.shape[-2:]
+        kept = float(rng.beta(augmentation.cutmix_alpha, augmentation.cutmix_alpha))
+        box_h, box_w = round(height * math.sqrt(1 - kept)), round(width * math.sqrt(1 - kept))
+        top, left = int(rng.integers(height - box_h + 1)), int(rng.integers(width - box_w + 1))
+        mixed = x.clone()
+        mixed[:, :, top:top + box_h, left:left + box_w] = x[partner, :, top:top + box_h, left:left + box_w]
+        share = 1 - box_h * box_w / (height * width)
+    return mixed, targets * share + targets[partner] * (1 - share)

@@ -1,7 +1,8 @@
 """Accuracy of each model and recipe on real Animals-10 photos, over repeated stratified splits.
 
     .venv/bin/python benchmarks/accuracy.py [--data ../shared/data/animals10-sample/raw-img] \
-        [--recipes study best] [--models custom_cnn efficientnet_lite0] [--seeds 1 2 3] [--epochs N]
+        [--recipes study best] [--models custom_cnn efficientnet_lite0] [--seeds 1 2 3] [--epochs N] \
+        [--image-size PX] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA]
 
 Each run trains with Ray Train through the same function as jobs/train.py (animals10.train.train_models)
 on an 80/20 split drawn with one seed, and reports the validation accuracy, macro precision and macro
@@ -36,7 +37,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["custom_cnn", "efficientnet_lite0"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs (to fit a time budget)")
-    parser.add_argument("--transfer-image-size", type=int, help="override the recipes' input size of transfer models")
+    parser.add_argument("--image-size", type=int, help="override the recipes' input size")
+    parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
+    parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
+    parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--results", default="accuracy_results.json", help="where the per-run figures go")
     args = parser.parse_args()
@@ -49,8 +53,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as output:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
-                        cpus_per_worker=args.cpus_per_worker, transfer_image_size=args.transfer_image_size,
-                    )  # fmt: skip
+                        cpus_per_worker=args.cpus_per_worker, image_size=args.image_size,
+                    ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start

@@ -1,26 +1,30 @@
 """Recipes and the batched augmentation they use."""
 
+import numpy as np
 import pytest
 import torch
 
 from animals10.config import RECIPES, TrainConfig, recipe_config
 from animals10.models import count_parameters, create_model
-from animals10.transforms import Augmentation, augment
+from animals10.transforms import Augmentation, augment, mix_batch, trivial_augment
 
 
 def test_study_recipe_is_the_studys_settings():
     study = recipe_config("study", data="d")
     assert (study.optimizer, study.lr, study.batch_size, study.schedule, study.image_size) == ("adam", 1e-3, 32, "plateau", 128)
-    assert study.epochs_for("custom_cnn") == 30 and study.epochs_for("mobilenet_v2") == 20
+    assert study.for_model("custom_cnn").epochs == 30 and study.for_model("mobilenet_v2").epochs == 20
     assert study.augmentation == Augmentation()
 
 
-def test_best_recipe_and_overrides():
+def test_best_recipe_per_model_and_overrides():
     best = recipe_config("best", data="d", lr=5e-4, epochs=None)
-    assert best.lr == 5e-4 and best.epochs is None  # None leaves the recipe's value
-    assert best.image_size_for("efficientnet_lite0") == 224 and best.image_size_for("custom_cnn") == 128
-    assert best.model_kwargs["custom_cnn"] == {"residual": True} and best.class_weighting
-    assert recipe_config("best", data="d", transfer_image_size=128).image_size_for("mobilenet_v2") == 128
+    assert best.epochs is None and best.class_weighting  # None leaves the recipe's value
+    cnn, transfer = best.for_model("custom_cnn"), best.for_model("efficientnet_lite0")
+    assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience) == (64, 120, 16, 0)
+    assert (transfer.image_size, transfer.epochs, transfer.batch_size) == (224, 20, 32)
+    assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
+    given = recipe_config("best", data="d", image_size=96, epochs=3).for_model("custom_cnn")
+    assert (given.image_size, given.epochs, given.batch_size) == (96, 3, 16)
     assert set(RECIPES) == {"study", "best"}
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         recipe_config("fast")
@@ -29,9 +33,26 @@ def test_best_recipe_and_overrides():
 def test_resolved_config_is_plain_data_for_the_model_card():
     import json
 
-    values = recipe_config("best", data="d").to_dict()
+    values = recipe_config("best", data="d").for_model("custom_cnn").to_dict()
     assert json.loads(json.dumps(values))["augmentation"]["crop_scale"] == [0.35, 1.0]
-    assert TrainConfig(**{**values, "augmentation": Augmentation.from_dict(values["augmentation"]), "models": tuple(values["models"])})
+    rebuilt = {**values, "augmentation": Augmentation.from_dict(values["augmentation"]), "models": tuple(values["models"]),
+               "explicit": tuple(values["explicit"])}  # fmt: skip
+    assert TrainConfig(**rebuilt) == recipe_config("best", data="d").for_model("custom_cnn")
+
+
+def test_command_line_builds_the_recipe_with_its_changes():
+    import argparse
+
+    from animals10.train import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    config = config_from_args(parser.parse_args(["--data", "d", "--mixup", "0.2", "--trivial-augment", "--batch-size", "8"]))
+    cnn = config.for_model("custom_cnn")
+    assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
+    assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d", "--cutmix", "-1"])
 
 
 def test_residual_custom_cnn_trains():
@@ -60,3 +81,55 @@ def test_crop_zooms_in():
     crop = Augmentation(horizontal_flip=False, rotation_degrees=0.0, brightness=(1, 1), crop_scale=(0.25, 0.25))
     bright = (augment(x, crop) > 0.5).float().mean(dim=(1, 2, 3))
     assert bright.mean() > 2 / 16
+
+
+def test_trivial_augment_changes_each_photo_on_its_own():
+    """Eight copies of one photo come out as several different photos, still uint8 of the same shape."""
+    torch.manual_seed(0)
+    photo = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
+    out = trivial_augment(photo.expand(8, -1, -1, -1))
+    assert out.shape == (8, 3, 48, 48) and out.dtype == torch.uint8
+    assert len({o.numpy().tobytes() for o in out}) >= 3
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixing_blends_photos_and_labels_in_the_same_shares(kind):
+    """Photo i is blended with photo B-1-i; its soft target holds each label's share of the pixels."""
+    batch = 6
+    x = torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1).expand(batch, 3, 16, 16).contiguous()
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    augmentation = Augmentation(mixup_alpha=1.0) if kind == "mixup" else Augmentation(cutmix_alpha=1.0)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mixed, targets = mix_batch(x, labels, 10, augmentation, rng)
+        assert targets.shape == (batch, 10) and torch.allclose(targets.sum(1), torch.ones(batch))
+        for i in range(batch):
+            own, partner = targets[i, labels[i]].item(), targets[i, labels[batch - 1 - i]].item()
+            # photo i has value i everywhere, its partner B-1-i: the mean pixel tells the mix
+            assert mixed[i].mean().item() == pytest.approx(own * i + partner * (batch - 1 - i), abs=1e-4)
+        assert 0.0 < targets[0, 0] < 1.0 or kind == "cutmix"
+    unmixed, hard = mix_batch(x, labels, 10, Augmentation(), rng)
+    assert torch.equal(unmixed, x) and torch.equal(hard.argmax(1), labels)
+
+
+def test_training_step_with_mixing_and_trivial_augment_learns():
+    """The training step with TrivialAugment and MixUp/CutMix drives the loss down on a learnable task."""
+    from animals10.engine import train_one_epoch
+    from animals10.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = np.zeros((64, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, 64)
+    images[labels == 1, :, :, 0] = 220  # class 1 is red
+    images[labels == 0, :, :, 2] = 220  # class 0 is blue
+    batches = [{"image": images[i:i + 16], "label": labels[i:i + 16], "path": np.array([""] * 16, dtype=object),
+                "error": np.array([""] * 16, dtype=object)} for i in range(0, 64, 16)]  # fmt: skip
+    model = create_model("custom_cnn", 2, widths=(8, 16), hidden=16, dropout=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    augmentation = Augmentation(trivial_augment=True, mixup_alpha=0.4, cutmix_alpha=1.0)
+    losses = [
+        train_one_epoch(model, batches, optimizer, Preprocessing(32), augmentation, torch.device("cpu"), num_classes=2).loss_sum / 64
+        for _ in range(8)
+    ]
+    assert losses[-1] < 0.75 * losses[0]
