@@ -1,0 +1,108 @@
+"""A quick sweep of from-scratch CNN settings in plain PyTorch, to choose the `best` recipe's values.
+
+    .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
+        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--seeds 1 2 3]
+
+Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
+settings can run side by side on two cores), with the project's model, split, decoding and augmentation
+functions. It differs from a Ray Train run in two details: the cosine schedule steps per batch (not per
+epoch), and it reports the last epoch's validation accuracy (and the best epoch's, which flatters). Settings
+chosen here are then measured with benchmarks/accuracy.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from animals10.data import load_photo, read_labelled_tree, split_indices
+from animals10.models import create_model
+from animals10.transforms import Augmentation, mix_batch, to_model_input, Preprocessing
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
+
+
+def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int) -> list[float]:
+    """Trains one model on `train_idx`; returns the validation accuracy after each epoch."""
+    torch.manual_seed(seed)
+    num_classes = int(labels.max()) + 1
+    model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / args.batch)
+    total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
+
+    def factor(step: int) -> float:
+        return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    jitter = (1 - args.jitter, 1 + args.jitter)
+    augmentation = Augmentation(
+        rotation_degrees=15.0, brightness=jitter, contrast=jitter, saturation=jitter, crop_scale=(args.crop, 1.0),
+        trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+    )  # fmt: skip
+    preprocessing = Preprocessing(args.size)
+    train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
+    val_x = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing)
+    val_labels = torch.from_numpy(labels[val_idx])
+    accuracies = []
+    for _ in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train_idx))
+        for start in range(0, len(order), args.batch):
+            batch = order[start:start + args.batch]
+            x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
+            if augmentation.mixes:
+                x, targets = mix_batch(x, targets, num_classes, augmentation)
+            loss = F.cross_entropy(model(x), targets, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            accuracies.append(float((model(val_x).argmax(1) == val_labels).float().mean()))
+    return accuracies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=120)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--residual", action="store_true")
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--crop", type=float, default=0.35, help="smallest share of the area a random crop keeps")
+    parser.add_argument("--jitter", type=float, default=0.3, help="brightness, contrast and saturation 1 ± this")
+    parser.add_argument("--trivial-augment", action="store_true")
+    parser.add_argument("--mixup", type=float, default=0.0)
+    parser.add_argument("--cutmix", type=float, default=0.0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    tree = read_labelled_tree(args.data)
+    photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
+    labels = np.asarray(tree.labels, dtype=np.int64)
+    finals, bests = [], []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        train_idx, val_idx = split_indices(tree, 0.2, seed)
+        accuracies = train_and_validate(photos, labels, train_idx, val_idx, args, seed)
+        finals.append(accuracies[-1])
+        bests.append(max(accuracies))
+        print(f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{vars(args)}\nlast epoch {np.mean(finals):.1%} ± {np.std(finals):.1%}; best epoch {np.mean(bests):.1%}")
+
+
+if __name__ == "__main__":
+    main()
