@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from animals10.models import get_model_spec
+from animals10.models import get_model_spec, list_models
 from animals10.transforms import Augmentation
 
 DEFAULT_MODELS = ("custom_cnn", "mobilenet_v2")
@@ -71,9 +71,6 @@ class TrainConfig:
         resolved = replace(self, **settings)
         return resolved if resolved.epochs is not None else replace(resolved, epochs=spec.default_epochs)
 
-    def image_size_for(self, model_name: str) -> int:
-        return self.for_model(model_name).image_size
-
     def to_dict(self) -> dict:
         values = asdict(self)
         values["models"] = list(self.models)
@@ -81,7 +78,7 @@ class TrainConfig:
         return values
 
 
-TRANSFER_MODELS = ("mobilenet_v2", "efficientnet_lite0")
+TRANSFER_MODELS = tuple(name for name in list_models() if get_model_spec(name).transfer)
 
 # The study's augmentation with random resized crops and colour jitter on top.
 STRONG_AUGMENTATION = Augmentation(

@@ -113,7 +113,7 @@ class ResidualBlock(nn.Module):
 class CustomCNN(nn.Module):
     """Conv-BN-ReLU + max-pool blocks that halve the resolution and double the channels, then a dense head.
 
-    `residual=True` adds a residual block after each downsampling (the `best` recipe's design).
+    `residual=True` adds a residual block after each downsampling.
     Global average pooling before the dense layers keeps it independent of the input size and small
     (about 0.5 M parameters plain, 2.4 M residual, at the default widths).
     """

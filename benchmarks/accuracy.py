@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from animals10.config import recipe_config
-from animals10.data import load_photo, read_labelled_tree, split_indices
+from animals10.data import LabelledTree, load_photo, read_labelled_tree, split_indices
 from animals10.predictor import Predictor
 from animals10.train import train_models
 
@@ -48,6 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    tree = read_labelled_tree(args.data)  # the same listing train_models makes, for the TTA check
     runs = []
     for recipe in args.recipes:
         for model in args.models:
@@ -60,9 +61,9 @@ def main() -> None:
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start
-                    tta_accuracy = val_accuracy_with_flip_tta(trained.artifact_uri, args.data, config.val_fraction, seed)
+                    tta_accuracy = val_accuracy_with_flip_tta(trained.artifact_uri, tree, config.val_fraction, seed)
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
-                       "image_size": config.image_size_for(model), **{m: trained.metrics[m] for m in METRICS},
+                       "image_size": config.for_model(model).image_size, **{m: trained.metrics[m] for m in METRICS},
                        "val_accuracy_tta": tta_accuracy}  # fmt: skip
                 runs.append(run)
                 print(json.dumps(run), flush=True)
@@ -81,9 +82,8 @@ def main() -> None:
             print(f"| {recipe} | {model} | {rows[0]['image_size']} px | {' | '.join(cells)} | {epochs:.0f} | {minutes:.1f} |")
 
 
-def val_accuracy_with_flip_tta(artifact_uri: str, data: str, val_fraction: float, seed: int) -> float:
+def val_accuracy_with_flip_tta(artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int) -> float:
     """The saved model's accuracy on its own validation photos, averaging each photo with its mirror."""
-    tree = read_labelled_tree(data)
     _, val_idx = split_indices(tree, val_fraction, seed)
     predictor = Predictor(artifact_uri, tta=True)
     photos = np.stack([load_photo(tree.paths[i], predictor.image_size)[0] for i in val_idx])
