@@ -12,6 +12,7 @@ from animals10.models import get_model_spec, list_models
 from animals10.transforms import Augmentation
 
 DEFAULT_MODELS = ("custom_cnn", "mobilenet_v2")
+KEEP_CHOICES = ("best_val_loss", "last")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TrainConfig:
     fine_tune_lr: float = 1e-4  # transfer models, once the top of the backbone is unfrozen
     head_epochs_fraction: float = 0.5  # transfer models: share of epochs that train the head only
     unfreeze_fraction: float = 0.3  # transfer models: top share of backbone stages fine-tuned
+    freeze_batchnorm: bool = False  # transfer models: every BatchNorm keeps its ImageNet statistics while fine-tuning
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
     weight_decay: float = 0.0
     schedule: str = "plateau"  # plateau: reduce on validation-loss plateaus | cosine: warm-up, then cosine decay per phase
@@ -36,9 +38,11 @@ class TrainConfig:
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"residual": True}
     image_size: int = 128
+    augment_size: int | None = None  # training photos decoded and augmented at this size, then resized to image_size: sharper crops
     val_fraction: float = 0.2
     seed: int = 42
     early_stopping_patience: int = 5  # epochs without a better validation loss; 0: never stop early
+    keep: str = "best_val_loss"  # the epoch the artifact keeps: best_val_loss | last (for schedules that decay to zero)
     plateau_patience: int = 2  # epochs before the learning rate is reduced
     plateau_factor: float = 0.5
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -53,6 +57,17 @@ class TrainConfig:
     # Per model name, the recipe's values that differ for that model, e.g. {"custom_cnn": {"epochs": 120}}.
     model_settings: dict = field(default_factory=dict)
     explicit: tuple[str, ...] = ()  # names of the values given on the command line: they win over model_settings
+
+    def __post_init__(self):
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"Unknown keep '{self.keep}'; choose one of: {', '.join(KEEP_CHOICES)}.")
+        if self.augment_size is not None and self.augment_size < 1:
+            raise ValueError(f"augment_size must be a positive number of pixels, not {self.augment_size}.")
+
+    @property
+    def train_decode_size(self) -> int:
+        """The size training photos are decoded and augmented at: never below the model's input size."""
+        return max(self.image_size, self.augment_size or 0)
 
     def with_overrides(self, **overrides) -> "TrainConfig":
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -90,24 +105,28 @@ RECIPES: dict[str, dict] = {
     # 128 px; transfer models train the head, then the top 30% of the backbone at a tenth of the rate.
     "study": {},
     # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
-    # then cosine decay, the loss weighted against class imbalance. Transfer models at 224 px, the head
-    # first, then the whole network at a low rate. The from-scratch CNN at 64 px, many short steps.
+    # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
+    # imbalance. Transfer models at 224 px: the head first (30% of the epochs), then the whole network
+    # at a low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short
+    # steps, its random crops cut from photos decoded at 128 px.
     "best": {
         "optimizer": "adamw",
-        "lr": 2e-3,
-        "fine_tune_lr": 2e-4,
+        "lr": 5e-3,
+        "fine_tune_lr": 1e-4,
         "weight_decay": 0.05,
         "schedule": "cosine",
         "warmup_epochs": 1,
         "label_smoothing": 0.1,
         "class_weighting": True,
-        "head_epochs_fraction": 0.2,
+        "head_epochs_fraction": 0.3,
         "unfreeze_fraction": 1.0,
-        "early_stopping_patience": 10,
+        "freeze_batchnorm": True,
+        "early_stopping_patience": 0,
+        "keep": "last",
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
             **{name: {"image_size": 224} for name in TRANSFER_MODELS},
-            "custom_cnn": {"image_size": 64, "epochs": 120, "batch_size": 16, "lr": 1e-3, "early_stopping_patience": 0},
+            "custom_cnn": {"image_size": 64, "augment_size": 128, "epochs": 120, "batch_size": 16, "lr": 1e-3},
         },
     },
 }

@@ -163,7 +163,8 @@ class TransferModel(nn.Module):
 
     `stages` names the backbone's blocks from input to output (each a list of submodule names), so
     that the top ones can be unfrozen for fine-tuning. BatchNorm layers whose parameters are frozen
-    stay in eval mode (ImageNet running statistics), as Keras does for a frozen base.
+    stay in eval mode (ImageNet running statistics), as Keras does for a frozen base; after
+    `freeze_batchnorm()` all of them do, trainable or not, as Keras advises for fine-tuning on little data.
     """
 
     def __init__(self, backbone: nn.Module, stages: list[list[str]], num_features: int, num_classes: int, dropout: float = 0.2):
@@ -171,6 +172,7 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
         self.stages = stages
+        self.batchnorm_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -188,11 +190,16 @@ class TransferModel(nn.Module):
         self.train(self.training)
         return count
 
+    def freeze_batchnorm(self) -> None:
+        self.batchnorm_frozen = True
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
         for module in self.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
-                module.eval()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if self.batchnorm_frozen or not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
         return self
 
 

@@ -578,7 +578,7 @@ def build_document(evaluations: list[ModelEvaluation], histories: dict[str, list
 
     document.heading("Training curves")
     for e in evaluations:
-        kept = e.card.metrics.get("best_epoch") if e.card else None
+        kept = e.card.metrics.get("kept_epoch") if e.card else None
         figure = plot_training_curves(histories[e.model_uri], f"{e.name}: training", int(kept) if kept else None)
         document.image(Image(_file_name("curves", e.name), figure_png(figure),
                              f"{e.name}: loss and accuracy per epoch, training vs validation; dashed line: phase switch, dotted: learning-rate change, star: the epoch whose weights were kept; right: the learning rate",

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from animals10 import storage
 from animals10.artifact import ModelCard, save_artifact
-from animals10.config import DEFAULT_MODELS, RECIPES, TrainConfig, recipe_config
+from animals10.config import DEFAULT_MODELS, KEEP_CHOICES, RECIPES, TrainConfig, recipe_config
 from animals10.data import LabelledTree, decode_batch, read_labelled_tree, split_indices
 from animals10.engine import EpochTotals, evaluate, train_one_epoch
 from animals10.metrics import classification_metrics
@@ -84,6 +84,8 @@ def _configure_phase(model: torch.nn.Module, phase: str, phase_epochs: int, loop
         plain.freeze_backbone()
     if phase == "fine_tune":
         plain.unfreeze_top(loop["unfreeze_fraction"])
+        if loop["freeze_batchnorm"]:
+            plain.freeze_batchnorm()
     lr = loop["fine_tune_lr"] if phase == "fine_tune" else loop["lr"]
     params = [p for p in plain.parameters() if p.requires_grad]
     optimizer_class = torch.optim.AdamW if loop["optimizer"] == "adamw" else torch.optim.Adam
@@ -319,18 +321,17 @@ def train_model(
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=_run_config(config, model_name),
-        datasets={"train": _dataset(tree.records(train_idx), image_size), "val": _dataset(tree.records(val_idx), image_size)},
+        datasets={"train": _dataset(tree.records(train_idx), config.train_decode_size), "val": _dataset(tree.records(val_idx), image_size)},
     )
     logger.info("Training %s for up to %d epochs on %d worker(s), %s", model_name, epochs, config.num_workers, "GPU" if use_gpu else "CPU")
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
     latest = _load_state(result.checkpoint)
-    best_state = _load_state(best)
+    kept = latest if config.keep == "last" else _load_state(result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint)
     history = latest["history"]
-    best_metrics = history[best_state["epoch"] - 1]
+    kept_metrics = history[kept["epoch"] - 1]
 
     model = create_model(model_name, len(tree.class_names), **model_kwargs)
-    model.load_state_dict(best_state["model"])
+    model.load_state_dict(kept["model"])
     card = ModelCard(
         architecture=model_name,
         class_names=tree.class_names,
@@ -343,7 +344,7 @@ def train_model(
             "use_gpu": use_gpu,
             "resumed_after_epochs": latest["resumed_after"],
         },
-        metrics={"best_epoch": best_state["epoch"], **{k: v for k, v in best_metrics.items() if k != "epoch"}},
+        metrics={"kept_epoch": kept["epoch"], **{k: v for k, v in kept_metrics.items() if k != "epoch"}},
         data={
             "data_uri": tree.root,
             "val_fraction": config.val_fraction,
@@ -416,6 +417,9 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
     parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
+    parser.add_argument("--augment-size", type=int, metavar="PX", help="decode and augment training photos at this size, then resize them to --image-size (best: 128 for custom_cnn)")
+    parser.add_argument("--keep", choices=KEEP_CHOICES, help="the epoch the artifact keeps (default: the recipe's; study: best_val_loss, best: last)")
+    parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=None, help="transfer models: BatchNorm keeps its ImageNet statistics while fine-tuning (best: on)")
     parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)")
     parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None, help="TrivialAugment: one random operation per photo")
     parser.add_argument("--mixup", type=_alpha, metavar="ALPHA", help="MixUp with this Beta(alpha, alpha) (0: off)")
@@ -441,6 +445,9 @@ def config_from_args(args) -> TrainConfig:
         lr=args.lr,
         fine_tune_lr=args.fine_tune_lr,
         image_size=args.image_size,
+        keep=args.keep,
+        augment_size=args.augment_size,
+        freeze_batchnorm=args.freeze_batchnorm,
         num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.use_gpu,

@@ -69,7 +69,8 @@ class Augmentation:
 
 
 def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentation: Augmentation | None = None) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, augmented when given, normalised.
+    """(B, H, W, 3) uint8 -> (B, 3, S, S) float32, augmented when given, resized to the model's size S
+    when the photos are another size, normalised.
 
     The one conversion that training, evaluation, batch inference and serving share."""
     x = images.permute(0, 3, 1, 2)
@@ -78,6 +79,9 @@ def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentat
     x = x.float().div_(255.0)
     if augmentation is not None:
         x = augment(x, augmentation)
+    size = preprocessing.image_size
+    if x.shape[-2:] != (size, size):  # photos decoded larger for sharper crops (TrainConfig.augment_size)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     x = normalise(x, preprocessing)
     if on_gpu(x.device):
         x = x.contiguous(memory_format=torch.channels_last)

@@ -25,6 +25,14 @@ def test_best_recipe_per_model_and_overrides():
     assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
     given = recipe_config("best", data="d", image_size=96, epochs=3).for_model("custom_cnn")
     assert (given.image_size, given.epochs, given.batch_size) == (96, 3, 16)
+    assert (cnn.keep, transfer.keep, transfer.freeze_batchnorm, transfer.head_epochs_fraction) == ("last", "last", True, 0.3)
+    assert recipe_config("study").keep == "best_val_loss" and not recipe_config("study").freeze_batchnorm
+    with pytest.raises(ValueError, match="Unknown keep 'best'"):
+        recipe_config("best", keep="best")
+    assert (cnn.augment_size, cnn.train_decode_size, transfer.train_decode_size) == (128, 128, 224)
+    assert recipe_config("best", image_size=224).for_model("custom_cnn").train_decode_size == 224  # never below the input size
+    with pytest.raises(ValueError, match="augment_size must be a positive"):
+        recipe_config("best", augment_size=0)
     assert set(RECIPES) == {"study", "best"}
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         recipe_config("fast")
@@ -51,6 +59,8 @@ def test_command_line_builds_the_recipe_with_its_changes():
     cnn = config.for_model("custom_cnn")
     assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
     assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best"
+    changed = config_from_args(parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm"]))
+    assert (changed.for_model("efficientnet_lite0").keep, changed.for_model("efficientnet_lite0").freeze_batchnorm) == ("best_val_loss", False)
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--cutmix", "-1"])
 
@@ -70,6 +80,17 @@ def test_strong_augmentation_changes_photos_but_keeps_shape_and_range():
     assert (y - x).abs().mean() > 0.05
     identity = Augmentation(horizontal_flip=False, rotation_degrees=0.0, brightness=(1.0, 1.0))
     assert torch.equal(augment(x, identity), x)
+
+
+def test_photos_decoded_larger_are_augmented_then_resized_to_the_model_size():
+    from animals10.transforms import Preprocessing, to_model_input
+
+    big = torch.zeros(2, 128, 128, 3, dtype=torch.uint8)
+    big[:, :, 64:] = 255  # left half black, right half white
+    x = to_model_input(big, Preprocessing(image_size=64), Augmentation(rotation_degrees=0.0, horizontal_flip=False, brightness=(1.0, 1.0)))
+    assert x.shape == (2, 3, 64, 64)
+    assert x[:, :, :, :31].max() == 0 and x[:, :, :, 33:].min() == 1  # the same picture, at the model's size
+    assert to_model_input(big, Preprocessing(image_size=128)).shape == (2, 3, 128, 128)
 
 
 def test_crop_zooms_in():

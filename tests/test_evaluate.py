@@ -59,7 +59,7 @@ def _save(model, uri: str, tree, history: list[dict] | None, data_record: bool =
     if history:
         # As training records it: the epoch with the lowest validation loss is the one kept.
         best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
-        card.metrics = {"best_epoch": best + 1, **{k: v for k, v in history[best].items() if k != "epoch"}}
+        card.metrics = {"kept_epoch": best + 1, **{k: v for k, v in history[best].items() if k != "epoch"}}
     extra = {"history.json": json.dumps(history).encode()} if history is not None else None
     save_artifact(model, card, uri, extra)
     return uri

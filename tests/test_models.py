@@ -46,6 +46,22 @@ def test_frozen_backbone_trains_only_the_head_and_keeps_batchnorm_statistics(nam
     assert batchnorm[-1].training and not batchnorm[0].training
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_fine_tuning_with_frozen_batchnorm_trains_every_weight_but_keeps_the_statistics(name):
+    model = create_model(name, num_classes=10)
+    model.freeze_backbone()
+    model.unfreeze_top(1.0)
+    model.freeze_batchnorm()
+    model.train()
+    assert count_parameters(model, trainable_only=True) == count_parameters(model)
+    batchnorm = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in batchnorm]
+    model(torch.rand(4, 3, 64, 64)).sum().backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, batchnorm))
+    assert all(m.weight.grad is not None for m in batchnorm)  # the scales and shifts still learn
+    assert model.head[0].training  # dropout still active
+
+
 def test_efficientnet_lite0_weights_are_imagenet_pretrained():
     """The untouched ImageNet head calls a real photo of a cat a cat (classes 281-285)."""
     skimage_data = pytest.importorskip("skimage.data")

@@ -30,11 +30,13 @@ def validation_accuracy(artifact_uri: str, data_dir) -> float:
     return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
 
 
-@pytest.mark.parametrize("model_name, epochs", [("custom_cnn", 10), ("efficientnet_lite0", 4)])
-def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs):
+@pytest.mark.parametrize("model_name, epochs, augment_size", [("custom_cnn", 10, 96), ("efficientnet_lite0", 4, None)])
+def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size):
+    """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation."""
     config = TrainConfig(
-        data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16
-    )
+        data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16,
+        augment_size=augment_size,
+    )  # fmt: skip
     [trained] = train_models(config)
     assert len(trained.history) == epochs
     assert [h["epoch"] for h in trained.history] == list(range(1, epochs + 1))
@@ -89,6 +91,28 @@ def test_a_transfer_run_resumes_across_its_phase_switch(ray_session, demo_tree, 
     [resumed] = train_models(config.with_overrides(epochs=2))
     assert [(h["epoch"], h["phase"]) for h in resumed.history] == [(1, "head"), (2, "fine_tune")]
     assert resumed.history[1]["lr"] == pytest.approx(config.fine_tune_lr)
+
+
+def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_statistics(ray_session, demo_tree, tmp_path):
+    import torch
+
+    from animals10.artifact import load_model
+    from animals10.models import create_model
+
+    config = TrainConfig(
+        data=str(demo_tree), output=str(tmp_path / "run"), models=("efficientnet_lite0",), epochs=3, image_size=32,
+        head_epochs_fraction=0.34, keep="last", freeze_batchnorm=True, fine_tune_lr=0.3,  # fine-tuning this fast spoils the model
+    )  # fmt: skip
+    [trained] = train_models(config)
+    assert [h["phase"] for h in trained.history] == ["head", "fine_tune", "fine_tune"]
+    assert trained.history[-1]["val_loss"] > min(h["val_loss"] for h in trained.history)  # not the best epoch: kept anyway
+    assert trained.metrics["kept_epoch"] == 3 and trained.metrics["val_loss"] == trained.history[-1]["val_loss"]
+    model = load_model(trained.artifact_uri, "cpu").model
+    imagenet = create_model("efficientnet_lite0", 10, pretrained=True)
+    trained_bn, imagenet_bn = (dict(m.backbone.named_buffers()) for m in (model, imagenet))
+    assert all(torch.equal(trained_bn[k], imagenet_bn[k]) for k in imagenet_bn if "running" in k)
+    trained_weights, imagenet_weights = (dict(m.backbone.named_parameters()) for m in (model, imagenet))
+    assert not torch.equal(trained_weights["conv_head.weight"], imagenet_weights["conv_head.weight"])  # fine-tuned
 
 
 def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_tree, tmp_path):
