@@ -1,7 +1,8 @@
 """A quick sweep of from-scratch CNN settings in plain PyTorch, to choose the `best` recipe's values.
 
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
-        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--seeds 1 2 3]
+        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
+        [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -28,8 +29,9 @@ from animals10.transforms import Augmentation, mix_batch, to_model_input, Prepro
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 
 
-def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int) -> list[float]:
-    """Trains one model on `train_idx`; returns the validation accuracy after each epoch."""
+def train_and_validate(photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int) -> list[float]:
+    """Trains one model on `train_idx` of `train_source` (the photos, or the same decoded larger); returns the
+    validation accuracy on `photos` after each epoch."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout)
@@ -47,10 +49,11 @@ def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_id
         trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
     )  # fmt: skip
     preprocessing = Preprocessing(args.size)
-    train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
+    train_photos, train_labels = torch.from_numpy(train_source[train_idx]), torch.from_numpy(labels[train_idx])
     val_x = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing)
     val_labels = torch.from_numpy(labels[val_idx])
-    accuracies = []
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    accuracies, ema_accuracies = [], []
     for _ in range(args.epochs):
         model.train()
         order = torch.randperm(len(train_idx))
@@ -64,9 +67,16 @@ def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_id
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
         model.eval()
         with torch.no_grad():
             accuracies.append(float((model(val_x).argmax(1) == val_labels).float().mean()))
+            if ema is not None:
+                ema.eval()
+                ema_accuracies.append(float((ema(val_x).argmax(1) == val_labels).float().mean()))
+    if ema is not None:
+        print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
     return accuracies
 
 
@@ -75,6 +85,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=120)
+    parser.add_argument("--augment-size", type=int, help="decode training photos at this size; augmented, then resized to --size")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -86,18 +97,20 @@ def main() -> None:
     parser.add_argument("--trivial-augment", action="store_true")
     parser.add_argument("--mixup", type=float, default=0.0)
     parser.add_argument("--cutmix", type=float, default=0.0)
+    parser.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the weights with this decay per step")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     tree = read_labelled_tree(args.data)
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
+    train_source = np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
     labels = np.asarray(tree.labels, dtype=np.int64)
     finals, bests = [], []
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
-        accuracies = train_and_validate(photos, labels, train_idx, val_idx, args, seed)
+        accuracies = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed)
         finals.append(accuracies[-1])
         bests.append(max(accuracies))
         print(f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s", flush=True)

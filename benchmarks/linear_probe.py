@@ -1,0 +1,88 @@
+"""The baseline that fine-tuning must beat: a linear classifier on frozen EfficientNet-Lite0 features.
+
+    .venv/bin/python benchmarks/linear_probe.py [--data ../shared/data/animals10-sample/raw-img] \
+        [--seeds 1 2 3] [--image-sizes 128 224]
+
+Same photos, the same stratified 80/20 splits (`split_indices`, one per seed) and the same decoding as
+benchmarks/accuracy.py. Each photo's pooled ImageNet features are computed once (no augmentation);
+multinomial logistic regression is fitted full-batch with L-BFGS, for a few L2 strengths; the table
+shows each strength's validation accuracy (mean ± standard deviation over the splits), so the best row
+is a baseline chosen on the validation photos: flattering to the probe, not to fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from animals10.data import load_photo, read_labelled_tree, split_indices
+from animals10.models import create_model, get_model_spec
+from animals10.transforms import Preprocessing, to_model_input
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
+L2_STRENGTHS = (1e-4, 1e-3, 1e-2)
+
+
+@torch.no_grad()
+def features(paths: list[str], image_size: int, batch_size: int = 32) -> torch.Tensor:
+    """(N, 1280) pooled features of the pretrained backbone, in eval mode."""
+    model = create_model("efficientnet_lite0", 10, pretrained=True).eval()
+    spec = get_model_spec("efficientnet_lite0")
+    preprocessing = Preprocessing(image_size=image_size, mean=spec.mean, std=spec.std)
+    out = []
+    for start in range(0, len(paths), batch_size):
+        photos = np.stack([load_photo(p, image_size)[0] for p in paths[start:start + batch_size]])
+        out.append(model.backbone(to_model_input(torch.from_numpy(photos), preprocessing)))
+    return torch.cat(out)
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> torch.nn.Linear:
+    linear = torch.nn.Linear(x.shape[1], num_classes)
+    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return linear
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224])
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    tree = read_labelled_tree(args.data)
+    labels = torch.tensor(tree.labels)
+    print(f"{args.data}: {len(tree.paths)} photos; splits with seeds {args.seeds}")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only\n")
+    print("| input | L2 | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± sd |")
+    print("| --- | ---: | " + " | ".join("---:" for _ in args.seeds) + " | --- |")
+    for size in args.image_sizes:
+        x = features(tree.paths, size)
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        for l2 in L2_STRENGTHS:
+            accuracies = []
+            for seed in args.seeds:
+                train_idx, val_idx = split_indices(tree, args.val_fraction, seed)
+                linear = fit_logistic(x[train_idx], labels[train_idx], len(tree.class_names), l2)
+                with torch.no_grad():
+                    accuracies.append(float((linear(x[val_idx]).argmax(1) == labels[val_idx]).float().mean()))
+            cells = " | ".join(f"{a:.1%}" for a in accuracies)
+            print(f"| {size} px | {l2:g} | {cells} | {np.mean(accuracies):.1%} ± {np.std(accuracies):.1%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

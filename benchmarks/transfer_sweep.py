@@ -1,0 +1,108 @@
+"""A quick sweep of efficientnet_lite0 fine-tuning settings in plain PyTorch, to choose the `best` recipe's values.
+
+    .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
+        [--freeze-batchnorm] [--size 224] [--seeds 1 2 3]
+
+Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation.
+Two phases as in a Ray Train run: the head with the backbone frozen, then the whole network, each with one
+warm-up epoch and a cosine decay (stepped per batch here, per epoch in Ray Train). After every epoch it prints
+the validation loss and accuracy, and for each split the accuracy of the last epoch and of the epoch with
+the lowest validation loss: the two rules an artifact can keep (`--keep last | best_val_loss`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from animals10.config import STRONG_AUGMENTATION
+from animals10.data import load_photo, read_labelled_tree, split_indices
+from animals10.models import create_model, get_model_spec
+from animals10.transforms import Preprocessing, to_model_input
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
+MODEL = "efficientnet_lite0"
+
+
+def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int) -> list[tuple[float, float]]:
+    """Fine-tunes one model on `train_idx`; returns (validation loss, accuracy) after each epoch."""
+    torch.manual_seed(seed)
+    spec = get_model_spec(MODEL)
+    model = create_model(MODEL, int(labels.max()) + 1, pretrained=True)
+    preprocessing = Preprocessing(args.size, spec.mean, spec.std)
+    train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
+    val_x, val_labels = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing), torch.from_numpy(labels[val_idx])
+    history = []
+
+    def run_phase(epochs: int, lr: float) -> None:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+        steps_per_epoch = math.ceil(len(train_idx) / args.batch)
+        total, warmup = steps_per_epoch * epochs, steps_per_epoch
+
+        def factor(step: int) -> float:
+            return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(len(train_idx))
+            for start in range(0, len(order), args.batch):
+                batch = order[start:start + args.batch]
+                x = to_model_input(train_photos[batch], preprocessing, STRONG_AUGMENTATION)
+                loss = F.cross_entropy(model(x), train_labels[batch], label_smoothing=0.1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            model.eval()
+            with torch.no_grad():
+                logits = model(val_x)
+            history.append((float(F.cross_entropy(logits, val_labels)), float((logits.argmax(1) == val_labels).float().mean())))
+            print(f"  epoch {len(history)}: validation loss {history[-1][0]:.3f}, accuracy {history[-1][1]:.1%}", flush=True)
+
+    model.freeze_backbone()
+    run_phase(args.head_epochs, args.head_lr)
+    model.unfreeze_top(1.0)
+    if args.freeze_batchnorm:
+        model.freeze_batchnorm()
+    run_phase(args.ft_epochs, args.ft_lr)
+    return history
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--head-epochs", type=int, default=6)
+    parser.add_argument("--head-lr", type=float, default=5e-3)
+    parser.add_argument("--ft-epochs", type=int, default=14)
+    parser.add_argument("--ft-lr", type=float, default=1e-4)
+    parser.add_argument("--freeze-batchnorm", action="store_true")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tree = read_labelled_tree(args.data)
+    photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
+    labels = np.asarray(tree.labels, dtype=np.int64)
+    lasts, lowest_loss = [], []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        train_idx, val_idx = split_indices(tree, 0.2, seed)
+        history = train_and_validate(photos, labels, train_idx, val_idx, args, seed)
+        lasts.append(history[-1][1])
+        lowest_loss.append(min(history)[1])
+        print(f"seed {seed}: last epoch {lasts[-1]:.1%}, lowest-loss epoch {lowest_loss[-1]:.1%}, {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{vars(args)}\nlast epoch {np.mean(lasts):.1%} ± {np.std(lasts):.1%}; lowest-loss epoch {np.mean(lowest_loss):.1%}")
+
+
+if __name__ == "__main__":
+    main()
