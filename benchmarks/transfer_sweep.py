@@ -1,7 +1,7 @@
 """A quick sweep of efficientnet_lite0 fine-tuning settings in plain PyTorch, to choose the `best` recipe's values.
 
     .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
-        [--freeze-batchnorm] [--size 224] [--seeds 1 2 3]
+        [--freeze-batchnorm] [--interpolate] [--size 224] [--seeds 1 2 3]
 
 Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation.
 Two phases as in a Ray Train run: the head with the backbone frozen, then the whole network, each with one
@@ -68,10 +68,19 @@ def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_id
 
     model.freeze_backbone()
     run_phase(args.head_epochs, args.head_lr)
+    head_only = {k: v.clone() for k, v in model.state_dict().items()}
     model.unfreeze_top(1.0)
     if args.freeze_batchnorm:
         model.freeze_batchnorm()
     run_phase(args.ft_epochs, args.ft_lr)
+    if args.interpolate:
+        # WiSE-FT (Wortsman et al. 2022): the weights halfway between the end of the head phase and the end.
+        fine_tuned = model.state_dict()
+        model.load_state_dict({k: (v + fine_tuned[k]) / 2 if v.is_floating_point() else fine_tuned[k] for k, v in head_only.items()})
+        model.eval()
+        with torch.no_grad():
+            accuracy = float((model(val_x).argmax(1) == val_labels).float().mean())
+        print(f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy:.1%}", flush=True)
     return history
 
 
@@ -85,6 +94,7 @@ def main() -> None:
     parser.add_argument("--ft-epochs", type=int, default=14)
     parser.add_argument("--ft-lr", type=float, default=1e-4)
     parser.add_argument("--freeze-batchnorm", action="store_true")
+    parser.add_argument("--interpolate", action="store_true", help="also validate the average of the head-phase and fine-tuned weights")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
