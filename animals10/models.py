@@ -197,9 +197,9 @@ class TransferModel(nn.Module):
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
         for module in self.backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if self.batchnorm_frozen or not any(p.requires_grad for p in module.parameters()):
-                    module.eval()
+            is_batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if is_batchnorm and (self.batchnorm_frozen or not any(p.requires_grad for p in module.parameters())):
+                module.eval()
         return self
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from animals10.config import recipe_config
-from animals10.data import LabelledTree, load_photo, read_labelled_tree, split_indices
+from animals10.data import LabelledTree, read_labelled_tree, split_indices
+from animals10.evaluate import predict_paths
 from animals10.predictor import Predictor
 from animals10.train import train_models
 
@@ -85,10 +86,8 @@ def main() -> None:
 def val_accuracy_with_flip_tta(artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int) -> float:
     """The saved model's accuracy on its own validation photos, averaging each photo with its mirror."""
     _, val_idx = split_indices(tree, val_fraction, seed)
-    predictor = Predictor(artifact_uri, tta=True)
-    photos = np.stack([load_photo(tree.paths[i], predictor.image_size)[0] for i in val_idx])
-    predicted = predictor.predict_probabilities(photos).argmax(1)
-    return float(np.mean(predicted == np.array([tree.labels[i] for i in val_idx])))
+    probabilities, scored, _ = predict_paths(Predictor(artifact_uri, tta=True), [tree.paths[i] for i in val_idx])
+    return float(np.mean(probabilities.argmax(1) == np.array([tree.labels[val_idx[j]] for j in scored])))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_id
 
     model.freeze_backbone()
     run_phase(args.head_epochs, args.head_lr)
-    head_only = {k: v.clone() for k, v in model.state_dict().items()}
+    head_only = {k: v.clone() for k, v in model.state_dict().items()} if args.interpolate else None
     model.unfreeze_top(1.0)
     if args.freeze_batchnorm:
         model.freeze_batchnorm()
