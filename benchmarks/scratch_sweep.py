@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
         [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
-        [--seeds 1 2 3]
+        [--test-sizes 64 80] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -29,9 +29,12 @@ from animals10.transforms import Augmentation, mix_batch, to_model_input, Prepro
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 
 
-def train_and_validate(photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int) -> list[float]:
+def train_and_validate(
+    photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None
+) -> list[float]:
     """Trains one model on `train_idx` of `train_source` (the photos, or the same decoded larger); returns the
-    validation accuracy on `photos` after each epoch."""
+    validation accuracy on `photos` after each epoch. `test_photos` (size -> the photos decoded at that size):
+    the final model is also scored on the validation photos at those input sizes."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout)
@@ -75,6 +78,10 @@ def train_and_validate(photos: np.ndarray, train_source: np.ndarray, labels: np.
             if ema is not None:
                 ema.eval()
                 ema_accuracies.append(float((ema(val_x).argmax(1) == val_labels).float().mean()))
+    for size, decoded in (test_photos or {}).items():
+        with torch.no_grad():
+            x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size))
+            print(f"  tested at {size} px: {float((model(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
     if ema is not None:
         print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
     return accuracies
@@ -98,6 +105,7 @@ def main() -> None:
     parser.add_argument("--mixup", type=float, default=0.0)
     parser.add_argument("--cutmix", type=float, default=0.0)
     parser.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the weights with this decay per step")
+    parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -105,12 +113,13 @@ def main() -> None:
     tree = read_labelled_tree(args.data)
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
     train_source = np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
+    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in args.test_sizes}
     labels = np.asarray(tree.labels, dtype=np.int64)
     finals, bests = [], []
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
-        accuracies = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed)
+        accuracies = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos)
         finals.append(accuracies[-1])
         bests.append(max(accuracies))
         print(f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s", flush=True)

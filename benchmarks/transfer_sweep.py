@@ -1,7 +1,7 @@
 """A quick sweep of efficientnet_lite0 fine-tuning settings in plain PyTorch, to choose the `best` recipe's values.
 
     .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
-        [--freeze-batchnorm] [--interpolate] [--size 224] [--seeds 1 2 3]
+        [--unfreeze 1.0] [--freeze-batchnorm] [--interpolate] [--size 224] [--test-sizes 224 256] [--seeds 1 2 3]
 
 Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation.
 Two phases as in a Ray Train run: the head with the backbone frozen, then the whole network, each with one
@@ -30,8 +30,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animal
 MODEL = "efficientnet_lite0"
 
 
-def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int) -> list[tuple[float, float]]:
-    """Fine-tunes one model on `train_idx`; returns (validation loss, accuracy) after each epoch."""
+def train_and_validate(
+    photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None
+) -> list[tuple[float, float]]:
+    """Fine-tunes one model on `train_idx`; returns (validation loss, accuracy) after each epoch. `test_photos`
+    (size -> the photos decoded at that size): the final model is also scored at those input sizes."""
     torch.manual_seed(seed)
     spec = get_model_spec(MODEL)
     model = create_model(MODEL, int(labels.max()) + 1, pretrained=True)
@@ -69,7 +72,7 @@ def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_id
     model.freeze_backbone()
     run_phase(args.head_epochs, args.head_lr)
     head_only = {k: v.clone() for k, v in model.state_dict().items()} if args.interpolate else None
-    model.unfreeze_top(1.0)
+    model.unfreeze_top(args.unfreeze)
     if args.freeze_batchnorm:
         model.freeze_batchnorm()
     run_phase(args.ft_epochs, args.ft_lr)
@@ -81,6 +84,10 @@ def train_and_validate(photos: np.ndarray, labels: np.ndarray, train_idx, val_id
         with torch.no_grad():
             accuracy = float((model(val_x).argmax(1) == val_labels).float().mean())
         print(f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy:.1%}", flush=True)
+    for size, decoded in (test_photos or {}).items():
+        with torch.no_grad():
+            x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size, spec.mean, spec.std))
+            print(f"  tested at {size} px: {float((model(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
     return history
 
 
@@ -93,8 +100,10 @@ def main() -> None:
     parser.add_argument("--head-lr", type=float, default=5e-3)
     parser.add_argument("--ft-epochs", type=int, default=14)
     parser.add_argument("--ft-lr", type=float, default=1e-4)
+    parser.add_argument("--unfreeze", type=float, default=1.0, help="top share of the backbone's stages fine-tuned")
     parser.add_argument("--freeze-batchnorm", action="store_true")
     parser.add_argument("--interpolate", action="store_true", help="also validate the average of the head-phase and fine-tuned weights")
+    parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -102,12 +111,13 @@ def main() -> None:
 
     tree = read_labelled_tree(args.data)
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
+    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in args.test_sizes}
     labels = np.asarray(tree.labels, dtype=np.int64)
     lasts, lowest_loss = [], []
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
-        history = train_and_validate(photos, labels, train_idx, val_idx, args, seed)
+        history = train_and_validate(photos, labels, train_idx, val_idx, args, seed, test_photos)
         lasts.append(history[-1][1])
         lowest_loss.append(min(history)[1])
         print(f"seed {seed}: last epoch {lasts[-1]:.1%}, lowest-loss epoch {lowest_loss[-1]:.1%}, {time.perf_counter() - start:.0f} s", flush=True)
