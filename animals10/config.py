@@ -39,6 +39,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"residual": True}
     image_size: int = 128
     augment_size: int | None = None  # training photos decoded and augmented at this size, then resized to image_size: sharper crops
+    test_size: int | None = None  # input size of validation and inference (None: image_size); a little larger offsets random crops' zoom
     val_fraction: float = 0.2
     seed: int = 42
     early_stopping_patience: int = 5  # epochs without a better validation loss; 0: never stop early
@@ -61,13 +62,19 @@ class TrainConfig:
     def __post_init__(self):
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"Unknown keep '{self.keep}'; choose one of: {', '.join(KEEP_CHOICES)}.")
-        if self.augment_size is not None and self.augment_size < 1:
-            raise ValueError(f"augment_size must be a positive number of pixels, not {self.augment_size}.")
+        for name in ("augment_size", "test_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of pixels, not {getattr(self, name)}.")
 
     @property
     def train_decode_size(self) -> int:
         """The size training photos are decoded and augmented at: never below the model's input size."""
         return max(self.image_size, self.augment_size or 0)
+
+    @property
+    def inference_size(self) -> int:
+        """The input size of validation and inference, which the artifact records."""
+        return self.test_size or self.image_size
 
     def with_overrides(self, **overrides) -> "TrainConfig":
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -80,9 +87,11 @@ class TrainConfig:
 
     def for_model(self, model_name: str) -> "TrainConfig":
         """The values that apply to one model: the recipe's for that model on top, the command line's on top
-        of those, and the model's default number of epochs where none is set."""
+        of those, and the model's default number of epochs where none is set. A recipe's test size goes with
+        its input size: an input size given on the command line is also the test size, unless that is given too."""
         spec = get_model_spec(model_name)
-        settings = {k: v for k, v in self.model_settings.get(model_name, {}).items() if k not in self.explicit}
+        overridden = {*self.explicit, *(("test_size",) if "image_size" in self.explicit else ())}
+        settings = {k: v for k, v in self.model_settings.get(model_name, {}).items() if k not in overridden}
         resolved = replace(self, **settings)
         return resolved if resolved.epochs is not None else replace(resolved, epochs=spec.default_epochs)
 
@@ -106,9 +115,10 @@ RECIPES: dict[str, dict] = {
     "study": {},
     # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
     # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
-    # imbalance. Transfer models at 224 px: the head first (30% of the epochs), then the whole network
-    # at a low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short
-    # steps, its random crops cut from photos decoded at 128 px.
+    # imbalance; tested a little above the training size, against the zoom of random crops. Transfer models
+    # at 224 px (256 at test): the head first (30% of the epochs), then the whole network at a low rate with
+    # BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px (72 at test), many short steps,
+    # its random crops cut from photos decoded at 128 px.
     "best": {
         "optimizer": "adamw",
         "lr": 5e-3,
@@ -125,8 +135,8 @@ RECIPES: dict[str, dict] = {
         "keep": "last",
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
-            **{name: {"image_size": 224} for name in TRANSFER_MODELS},
-            "custom_cnn": {"image_size": 64, "augment_size": 128, "epochs": 120, "batch_size": 16, "lr": 1e-3},
+            **{name: {"image_size": 224, "test_size": 256} for name in TRANSFER_MODELS},
+            "custom_cnn": {"image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3},
         },
     },
 }

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +145,8 @@ def train_loop_per_worker(loop: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(loop["cpus_per_worker"])
     torch.manual_seed(loop["seed"] + rank)
-    preprocessing = Preprocessing.from_dict(loop["preprocessing"])
+    preprocessing = Preprocessing.from_dict(loop["preprocessing"])  # validation's, the artifact's
+    train_preprocessing = replace(preprocessing, image_size=loop["image_size"])
     augmentation = Augmentation.from_dict(loop["augmentation"])
     class_weights = torch.tensor(loop["class_weights"], dtype=torch.float32, device=device) if loop["class_weights"] else None
     class_names = loop["class_names"]
@@ -192,7 +193,7 @@ def train_loop_per_worker(loop: dict) -> None:
             state["best_val_loss"], state["stale_epochs"] = float("inf"), 0  # patience starts again
         batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2)
         train_totals = train_one_epoch(
-            model, batches, optimizer, preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"],
+            model, batches, optimizer, train_preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"],
             class_weights, len(class_names),
         )
         _broadcast_buffers(model)
@@ -301,8 +302,8 @@ def train_model(
 
     spec = get_model_spec(model_name)
     config = config.for_model(model_name)
-    image_size, epochs, model_kwargs = config.image_size, config.epochs, config.model_kwargs
-    preprocessing = Preprocessing(image_size, spec.mean, spec.std)
+    epochs, model_kwargs = config.epochs, config.model_kwargs
+    preprocessing = Preprocessing(config.inference_size, spec.mean, spec.std)  # training itself runs at image_size
     train_counts = tree.class_counts(train_idx)
     # Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double.
     class_weights = [len(train_idx) / (len(train_counts) * max(n, 1)) for n in train_counts.values()] if config.class_weighting else None
@@ -321,7 +322,7 @@ def train_model(
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=_run_config(config, model_name),
-        datasets={"train": _dataset(tree.records(train_idx), config.train_decode_size), "val": _dataset(tree.records(val_idx), image_size)},
+        datasets={"train": _dataset(tree.records(train_idx), config.train_decode_size), "val": _dataset(tree.records(val_idx), config.inference_size)},
     )
     logger.info("Training %s for up to %d epochs on %d worker(s), %s", model_name, epochs, config.num_workers, "GPU" if use_gpu else "CPU")
     result = trainer.fit()
@@ -418,6 +419,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
     parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
     parser.add_argument("--augment-size", type=int, metavar="PX", help="decode and augment training photos at this size, then resize them to --image-size (best: 128 for custom_cnn)")
+    parser.add_argument("--test-size", type=int, metavar="PX", help="input size of validation and inference, a little above --image-size to offset the zoom of random crops (best: 72 for custom_cnn, 256 for transfer models)")
     parser.add_argument("--keep", choices=KEEP_CHOICES, help="the epoch the artifact keeps (default: the recipe's; study: best_val_loss, best: last)")
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=None, help="transfer models: BatchNorm keeps its ImageNet statistics while fine-tuning (best: on)")
     parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)")
@@ -447,6 +449,7 @@ def config_from_args(args) -> TrainConfig:
         image_size=args.image_size,
         keep=args.keep,
         augment_size=args.augment_size,
+        test_size=args.test_size,
         freeze_batchnorm=args.freeze_batchnorm,
         num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker,

@@ -30,12 +30,13 @@ def validation_accuracy(artifact_uri: str, data_dir) -> float:
     return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
 
 
-@pytest.mark.parametrize("model_name, epochs, augment_size", [("custom_cnn", 10, 96), ("efficientnet_lite0", 4, None)])
-def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size):
-    """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation."""
+@pytest.mark.parametrize("model_name, epochs, augment_size, test_size", [("custom_cnn", 10, 96, 72), ("efficientnet_lite0", 4, None, None)])
+def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size):
+    """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation;
+    it is validated, and then predicts, at 72 px."""
     config = TrainConfig(
         data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16,
-        augment_size=augment_size,
+        augment_size=augment_size, test_size=test_size,
     )  # fmt: skip
     [trained] = train_models(config)
     assert len(trained.history) == epochs
@@ -44,7 +45,8 @@ def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, m
     assert trained.metrics["val_accuracy"] >= 0.5
     assert validation_accuracy(trained.artifact_uri, demo_tree) == pytest.approx(trained.metrics["val_accuracy"], abs=1e-6)
     card = json.loads((tmp_path / "run" / model_name / "model_card.json").read_text())
-    assert card["training"]["num_workers"] == 2 and card["preprocessing"]["image_size"] == 64
+    assert card["training"]["num_workers"] == 2 and card["training"]["image_size"] == 64
+    assert card["preprocessing"]["image_size"] == (test_size or 64)  # what inference feeds the model
     assert card["data"]["num_val"] == 20 and card["data"]["class_counts"]["dog"] == 12
     history = json.loads((tmp_path / "run" / model_name / "history.json").read_text())
     assert {"train_loss", "val_loss", "val_accuracy", "val_macro_precision", "val_macro_recall", "lr", "images_per_second"} <= set(history[0])
