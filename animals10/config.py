@@ -115,10 +115,9 @@ RECIPES: dict[str, dict] = {
     "study": {},
     # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
     # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
-    # imbalance; tested a little above the training size, against the zoom of random crops. Transfer models
-    # at 224 px (256 at test): the head first (30% of the epochs), then the whole network at a low rate with
-    # BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px (72 at test), many short steps,
-    # its random crops cut from photos decoded at 128 px.
+    # imbalance. Transfer models at 224 px: the head first (30% of the epochs), then the whole network at a
+    # low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short steps,
+    # its random crops cut from photos decoded at 128 px, tested at 72 px against the zoom of random crops.
     "best": {
         "optimizer": "adamw",
         "lr": 5e-3,
@@ -135,7 +134,7 @@ RECIPES: dict[str, dict] = {
         "keep": "last",
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
-            **{name: {"image_size": 224, "test_size": 256} for name in TRANSFER_MODELS},
+            **{name: {"image_size": 224} for name in TRANSFER_MODELS},
             "custom_cnn": {"image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3},
         },
     },

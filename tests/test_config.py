@@ -33,7 +33,7 @@ def test_best_recipe_per_model_and_overrides():
     assert recipe_config("best", image_size=224).for_model("custom_cnn").train_decode_size == 224  # never below the input size
     with pytest.raises(ValueError, match="augment_size must be a positive"):
         recipe_config("best", augment_size=0)
-    assert (cnn.test_size, cnn.inference_size, transfer.inference_size) == (72, 72, 256)
+    assert (cnn.test_size, cnn.inference_size, transfer.inference_size) == (72, 72, 224)
     assert recipe_config("study").for_model("custom_cnn").inference_size == 128  # the training size unless set
     assert recipe_config("best", image_size=96).for_model("custom_cnn").inference_size == 96  # not the recipe's 72
     assert recipe_config("best", image_size=96, test_size=112).for_model("custom_cnn").inference_size == 112
