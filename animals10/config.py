@@ -62,9 +62,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"Unknown keep '{self.keep}'; choose one of: {', '.join(KEEP_CHOICES)}.")
-        for name in ("augment_size", "test_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive number of pixels, not {getattr(self, name)}.")
+        for name, size in (("augment_size", self.augment_size), ("test_size", self.test_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be a positive number of pixels, not {size}.")
 
     @property
     def train_decode_size(self) -> int:

@@ -24,12 +24,16 @@ class Predictor:
         self.model, self.card, self.device = loaded.model, loaded.card, loaded.device
         self.class_names = self.card.class_names
         self.preprocessing = self.card.preprocessing
-        self.image_size = self.preprocessing.image_size
         self.top_k = min(top_k, len(self.class_names))
         self.mixed_precision = mixed_precision
         self.tta = tta  # test-time augmentation: average with the mirrored photo
         if on_gpu(self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def image_size(self) -> int:
+        """The square size photos are decoded at for this model."""
+        return self.preprocessing.image_size
 
     @property
     def model_id(self) -> str:

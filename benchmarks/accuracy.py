@@ -66,8 +66,11 @@ def main() -> None:
                     seconds = time.perf_counter() - start
                     resolved = config.for_model(model)
                     tta_accuracy = saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, tta=True)
-                    # The same model at its training size: what the larger test size changed.
-                    at_train_size = saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=resolved.image_size)
+                    # The same model at its training size: what a larger test size changed.
+                    at_train_size = (
+                        saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=resolved.image_size)
+                        if resolved.inference_size != resolved.image_size else trained.metrics["val_accuracy"]
+                    )  # fmt: skip
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
                        "image_size": resolved.image_size, "test_size": resolved.inference_size, **{m: trained.metrics[m] for m in METRICS},
                        "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size}  # fmt: skip
@@ -100,7 +103,6 @@ def saved_model_accuracy(
     predictor = Predictor(artifact_uri, tta=tta)
     if image_size is not None:
         predictor.preprocessing = replace(predictor.preprocessing, image_size=image_size)
-        predictor.image_size = image_size
     probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])
     return float(np.mean(probabilities.argmax(1) == np.array([tree.labels[val_idx[j]] for j in scored])))
 
