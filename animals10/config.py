@@ -37,7 +37,6 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"residual": True}
-    members: int = 1  # from-scratch models: an ensemble of this many, trained side by side (transfer models: one)
     image_size: int = 128
     augment_size: int | None = None  # training photos decoded and augmented at this size, then resized to image_size: sharper crops
     test_size: int | None = None  # input size of validation and inference (None: image_size); a little larger offsets random crops' zoom
@@ -66,8 +65,6 @@ class TrainConfig:
         for name, size in (("augment_size", self.augment_size), ("test_size", self.test_size)):
             if size is not None and size < 1:
                 raise ValueError(f"{name} must be a positive number of pixels, not {size}.")
-        if self.members < 1:
-            raise ValueError(f"members must be at least 1, not {self.members}.")
 
     @property
     def train_decode_size(self) -> int:
@@ -91,16 +88,11 @@ class TrainConfig:
     def for_model(self, model_name: str) -> "TrainConfig":
         """The values that apply to one model: the recipe's for that model on top, the command line's on top
         of those, and the model's default number of epochs where none is set. A recipe's test size goes with
-        its input size: an input size given on the command line is also the test size, unless that is given too.
-        An ensemble (`members` > 1) is passed to the model's constructor, for from-scratch models only."""
+        its input size: an input size given on the command line is also the test size, unless that is given too."""
         spec = get_model_spec(model_name)
         overridden = {*self.explicit, *(("test_size",) if "image_size" in self.explicit else ())}
         settings = {k: v for k, v in self.model_settings.get(model_name, {}).items() if k not in overridden}
         resolved = replace(self, **settings)
-        if spec.transfer:
-            resolved = replace(resolved, members=1)
-        elif resolved.members > 1:
-            resolved = replace(resolved, model_kwargs={**resolved.model_kwargs, "members": resolved.members})
         return resolved if resolved.epochs is not None else replace(resolved, epochs=spec.default_epochs)
 
     def to_dict(self) -> dict:
@@ -125,8 +117,7 @@ RECIPES: dict[str, dict] = {
     # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
     # imbalance. Transfer models at 224 px: the head first (30% of the epochs), then the whole network at a
     # low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short steps,
-    # its random crops cut from photos decoded at 128 px, tested at 72 px against the zoom of random crops;
-    # three of them trained side by side, their probabilities averaged.
+    # its random crops cut from photos decoded at 128 px, tested at 72 px against the zoom of random crops.
     "best": {
         "optimizer": "adamw",
         "lr": 5e-3,
@@ -144,7 +135,7 @@ RECIPES: dict[str, dict] = {
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
             **{name: {"image_size": 224} for name in TRANSFER_MODELS},
-            "custom_cnn": {"image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3, "members": 3},
+            "custom_cnn": {"image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3},
         },
     },
 }

@@ -75,14 +75,12 @@ def train_one_epoch(
             x, targets = mix_batch(x, labels, num_classes, augmentation)  # (B, num_classes) soft targets
         with autocast(device, mixed_precision):
             logits = model(x)
-            members = logits if logits.dim() == 3 else logits[None]  # an ensemble in training: (members, B, num_classes)
-            losses = torch.stack([F.cross_entropy(m.float(), targets, weight=class_weights, label_smoothing=label_smoothing) for m in members])
-            logits = members.mean(0)
+            loss = F.cross_entropy(logits.float(), targets, weight=class_weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        (losses.sum() * weight).backward()  # each member's gradient is the one it would get alone
+        (loss * weight).backward()
         optimizer.step()
         if weight:
-            totals.loss_sum += losses.mean().item() * len(labels)
+            totals.loss_sum += loss.item() * len(labels)
             totals.num_correct += int((logits.argmax(1) == labels).sum())
             totals.num_images += len(labels)
     totals.seconds = time.perf_counter() - start

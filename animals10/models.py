@@ -147,29 +147,9 @@ class CustomCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-class Ensemble(nn.Module):
-    """Models of one design trained side by side from different random starts; predictions average their probabilities.
-
-    Training mode returns every member's logits, stacked (members, B, num_classes), so that each member
-    learns from its own loss; eval mode returns the log of the members' mean class probabilities
-    (B, num_classes), which argmax and softmax read as they read logits.
-    """
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.stack([member(x) for member in self.members])
-        if self.training:
-            return logits
-        return torch.logsumexp(logits.float().log_softmax(-1), dim=0) - math.log(len(self.members))
-
-
 @register_model("custom_cnn", mean=UNIT_MEAN, std=UNIT_STD, default_epochs=30, transfer=False)
-def custom_cnn(num_classes: int, pretrained: bool = False, weights_path: str | None = None, members: int = 1, **kwargs) -> nn.Module:
-    """`members` > 1: an ensemble of that many CNNs (see `Ensemble`)."""
-    model = CustomCNN(num_classes, **kwargs) if members == 1 else Ensemble([CustomCNN(num_classes, **kwargs) for _ in range(members)])
+def custom_cnn(num_classes: int, pretrained: bool = False, weights_path: str | None = None, **kwargs) -> nn.Module:
+    model = CustomCNN(num_classes, **kwargs)
     if weights_path:
         model.load_state_dict(load_state_dict_file(weights_path))
     return model

@@ -420,7 +420,6 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
     parser.add_argument("--augment-size", type=int, metavar="PX", help="decode and augment training photos at this size, then resize them to --image-size (best: 128 for custom_cnn)")
     parser.add_argument("--test-size", type=int, metavar="PX", help="input size of validation and inference, a little above --image-size to offset the zoom of random crops (best: 72 for custom_cnn)")
-    parser.add_argument("--members", type=int, metavar="N", help="from-scratch models: an ensemble of N trained side by side, probabilities averaged (best: 3 for custom_cnn)")
     parser.add_argument("--keep", choices=KEEP_CHOICES, help="the epoch the artifact keeps (default: the recipe's; study: best_val_loss, best: last)")
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=None, help="transfer models: BatchNorm keeps its ImageNet statistics while fine-tuning (best: on)")
     parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)")
@@ -451,7 +450,6 @@ def config_from_args(args) -> TrainConfig:
         keep=args.keep,
         augment_size=args.augment_size,
         test_size=args.test_size,
-        members=args.members,
         freeze_batchnorm=args.freeze_batchnorm,
         num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker,

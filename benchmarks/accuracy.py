@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/accuracy.py [--data ../shared/data/animals10-sample/raw-img] \
         [--recipes study best] [--models custom_cnn efficientnet_lite0] [--seeds 1 2 3] [--epochs N] \
-        [--image-size PX] [--test-size PX] [--members N] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA]
+        [--image-size PX] [--test-size PX] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA]
 
 Each run trains with Ray Train through the same function as jobs/train.py (animals10.train.train_models)
 on an 80/20 split drawn with one seed, and reports the validation accuracy, macro precision and macro
-recall of the kept (best) epoch; for an ensemble also each member's own accuracy. 60 validation photos (6 per class) make a noisy number, so the splits repeat with
+recall of the kept (best) epoch. 60 validation photos (6 per class) make a noisy number, so the splits repeat with
 different seeds and the table shows mean and standard deviation.
 """
 
@@ -43,7 +43,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs (to fit a time budget)")
     parser.add_argument("--image-size", type=int, help="override the recipes' input size")
     parser.add_argument("--test-size", type=int, help="override the recipes' validation and inference input size")
-    parser.add_argument("--members", type=int, help="override the recipes' ensemble size of from-scratch models")
     parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
     parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
     parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
@@ -60,7 +59,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as output:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
-                        cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size, members=args.members,
+                        cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
                     start = time.perf_counter()
                     [trained] = train_models(config)
@@ -72,29 +71,23 @@ def main() -> None:
                         saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=resolved.image_size)
                         if resolved.inference_size != resolved.image_size else trained.metrics["val_accuracy"]
                     )  # fmt: skip
-                    members = [
-                        saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, member=i) for i in range(resolved.members)
-                    ] if resolved.members > 1 else []  # fmt: skip
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
                        "image_size": resolved.image_size, "test_size": resolved.inference_size, **{m: trained.metrics[m] for m in METRICS},
-                       "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size,
-                       "members": resolved.members, "val_accuracy_of_each_member": members}  # fmt: skip
+                       "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size}  # fmt: skip
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 Path(args.results).write_text(json.dumps(runs, indent=2))
 
     print(f"\n{args.data}: {len(args.seeds)} stratified 80/20 splits per row (seeds {args.seeds})")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only")
-    print("| recipe | model | input | accuracy | macro precision | macro recall | accuracy, flip TTA | accuracy at the training size | one member alone | epochs | minutes/run |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| recipe | model | input | accuracy | macro precision | macro recall | accuracy, flip TTA | accuracy at the training size | epochs | minutes/run |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for recipe in args.recipes:
         for model in args.models:
             rows = [r for r in runs if r["recipe"] == recipe and r["model"] == model]
             cells = [
                 f"{np.mean([r[m] for r in rows]):.1%} ± {np.std([r[m] for r in rows]):.1%}" for m in (*METRICS, "val_accuracy_tta", "val_accuracy_at_train_size")
             ]
-            each_member = [a for r in rows for a in r["val_accuracy_of_each_member"]]
-            cells.append(f"{np.mean(each_member):.1%} ± {np.std(each_member):.1%}" if each_member else "–")
             epochs = np.mean([r["epochs_run"] for r in rows])
             minutes = np.mean([r["seconds"] for r in rows]) / 60
             sizes = f"{rows[0]['image_size']} px" + (f", {rows[0]['test_size']} at test" if rows[0]["test_size"] != rows[0]["image_size"] else "")
@@ -102,16 +95,12 @@ def main() -> None:
 
 
 def saved_model_accuracy(
-    artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int, tta: bool = False, image_size: int | None = None,
-    member: int | None = None,
+    artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int, tta: bool = False, image_size: int | None = None
 ) -> float:
     """The saved model's accuracy on its own validation photos; with `tta` averaging each photo with its
-    mirror, with `image_size` fed at that size instead of the artifact's, with `member` of that member of an
-    ensemble alone."""
+    mirror, with `image_size` fed at that size instead of the artifact's."""
     _, val_idx = split_indices(tree, val_fraction, seed)
     predictor = Predictor(artifact_uri, tta=tta)
-    if member is not None:
-        predictor.model = predictor.model.members[member]
     if image_size is not None:
         predictor.preprocessing = replace(predictor.preprocessing, image_size=image_size)
     probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])

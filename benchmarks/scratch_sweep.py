@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
         [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
-        [--test-sizes 64 80] [--members 3] [--seeds 1 2 3]
+        [--test-sizes 64 80] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -37,7 +37,7 @@ def train_and_validate(
     the final model is also scored on the validation photos at those input sizes."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
-    model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout, members=args.members)
+    model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / args.batch)
     total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
@@ -65,9 +65,7 @@ def train_and_validate(
             x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
             if augmentation.mixes:
                 x, targets = mix_batch(x, targets, num_classes, augmentation)
-            logits = model(x)
-            members = logits if logits.dim() == 3 else logits[None]  # an ensemble in training: (members, B, num_classes)
-            loss = sum(F.cross_entropy(m, targets, label_smoothing=args.label_smoothing) for m in members)
+            loss = F.cross_entropy(model(x), targets, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -109,7 +107,6 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the weights with this decay per step")
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--members", type=int, default=1, help="an ensemble of this many CNNs, trained side by side on the same batches")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

@@ -39,11 +39,6 @@ def test_best_recipe_per_model_and_overrides():
     assert recipe_config("best", image_size=96, test_size=112).for_model("custom_cnn").inference_size == 112
     with pytest.raises(ValueError, match="test_size must be a positive"):
         recipe_config("best", test_size=-8)
-    assert (cnn.model_kwargs, transfer.model_kwargs, recipe_config("study").for_model("custom_cnn").model_kwargs) == ({"members": 3}, {}, {})
-    assert recipe_config("best", members=1).for_model("custom_cnn").model_kwargs == {}  # one CNN, as given
-    assert recipe_config("best", members=5).for_model("efficientnet_lite0").members == 1  # ensembles are for from-scratch models
-    with pytest.raises(ValueError, match="members must be at least 1"):
-        recipe_config("best", members=0)
     assert set(RECIPES) == {"study", "best"}
     with pytest.raises(ValueError, match="Unknown recipe 'fast'"):
         recipe_config("fast")
@@ -70,7 +65,6 @@ def test_command_line_builds_the_recipe_with_its_changes():
     cnn = config.for_model("custom_cnn")
     assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
     assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best"
-    assert config_from_args(parser.parse_args(["--data", "d", "--members", "2"])).for_model("custom_cnn").model_kwargs == {"members": 2}
     changed = config_from_args(parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm"]))
     assert (changed.for_model("efficientnet_lite0").keep, changed.for_model("efficientnet_lite0").freeze_batchnorm) == ("best_val_loss", False)
     with pytest.raises(SystemExit):

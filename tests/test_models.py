@@ -29,19 +29,6 @@ def test_custom_cnn_is_small():
     assert count_parameters(create_model("custom_cnn", 10)) < 1_000_000
 
 
-def test_an_ensemble_trains_each_member_on_its_own_and_predicts_their_mean_probabilities():
-    torch.manual_seed(0)
-    model = create_model("custom_cnn", 10, members=3)
-    x = torch.rand(4, 3, 64, 64)
-    assert model(x).shape == (3, 4, 10)  # training: every member's logits
-    members = model.members
-    assert not torch.equal(members[0].features[0].weight, members[1].features[0].weight)  # different random starts
-    model.eval()
-    mean_probabilities = torch.stack([member(x).softmax(1) for member in members]).mean(0)
-    assert torch.allclose(model(x).softmax(1), mean_probabilities, atol=1e-6)
-    assert torch.allclose(model(x).exp(), mean_probabilities, atol=1e-6)  # log-probabilities: the loss reads them as logits
-
-
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
 def test_frozen_backbone_trains_only_the_head_and_keeps_batchnorm_statistics(name):
     model = create_model(name, num_classes=10)

@@ -20,12 +20,9 @@ from animals10.train import train_models
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def validation_accuracy(artifact_uri: str, data_dir, member: int | None = None) -> float:
-    """Accuracy of the artifact on its own validation split, recomputed outside of training
-    (`member`: of that member of an ensemble alone)."""
+def validation_accuracy(artifact_uri: str, data_dir) -> float:
+    """Accuracy of the artifact on its own validation split, recomputed outside of training."""
     predictor = Predictor(artifact_uri, device="cpu")
-    if member is not None:
-        predictor.model = predictor.model.members[member]
     tree = read_labelled_tree(data_dir)
     _, val = split_indices(tree, 0.2, 42)
     images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), predictor.image_size) for i in val])
@@ -33,15 +30,13 @@ def validation_accuracy(artifact_uri: str, data_dir, member: int | None = None) 
     return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
 
 
-@pytest.mark.parametrize(
-    "model_name, epochs, augment_size, test_size, model_kwargs", [("custom_cnn", 10, 96, 72, {"members": 2}), ("efficientnet_lite0", 4, None, None, {})]
-)
-def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size, model_kwargs):
-    """The CNN, an ensemble of two, has its training photos decoded at 96 px and resized to its 64 px input
-    after augmentation; it is validated, and then predicts, at 72 px."""
+@pytest.mark.parametrize("model_name, epochs, augment_size, test_size", [("custom_cnn", 10, 96, 72), ("efficientnet_lite0", 4, None, None)])
+def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size):
+    """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation;
+    it is validated, and then predicts, at 72 px."""
     config = TrainConfig(
         data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16,
-        augment_size=augment_size, test_size=test_size, model_kwargs=model_kwargs,
+        augment_size=augment_size, test_size=test_size,
     )  # fmt: skip
     [trained] = train_models(config)
     assert len(trained.history) == epochs
@@ -51,9 +46,6 @@ def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, m
     assert validation_accuracy(trained.artifact_uri, demo_tree) == pytest.approx(trained.metrics["val_accuracy"], abs=1e-6)
     card = json.loads((tmp_path / "run" / model_name / "model_card.json").read_text())
     assert card["training"]["num_workers"] == 2 and card["training"]["image_size"] == 64
-    assert card["model_kwargs"] == model_kwargs
-    for member in range(model_kwargs.get("members", 0)):  # each member of the ensemble learned
-        assert validation_accuracy(trained.artifact_uri, demo_tree, member) >= 0.4
     assert card["preprocessing"]["image_size"] == (test_size or 64)  # what inference feeds the model
     assert card["data"]["num_val"] == 20 and card["data"]["class_counts"]["dog"] == 12
     history = json.loads((tmp_path / "run" / model_name / "history.json").read_text())
