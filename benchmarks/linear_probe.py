@@ -1,13 +1,15 @@
 """The baseline that fine-tuning must beat: a linear classifier on frozen EfficientNet-Lite0 features.
 
     .venv/bin/python benchmarks/linear_probe.py [--data ../shared/data/animals10-sample/raw-img] \
-        [--seeds 1 2 3] [--image-sizes 128 224]
+        [--seeds 1 2 3] [--image-sizes 128 224] [--list-errors]
 
 Same photos, the same stratified 80/20 splits (`split_indices`, one per seed) and the same decoding as
 benchmarks/accuracy.py. Each photo's pooled ImageNet features are computed once (no augmentation);
 multinomial logistic regression is fitted full-batch with L-BFGS, for a few L2 strengths; the table
 shows each strength's validation accuracy (mean ± standard deviation over the splits), so the best row
-is a baseline chosen on the validation photos: flattering to the probe, not to fine-tuning.
+is a baseline chosen on the validation photos: flattering to the probe, not to fine-tuning. `--list-errors`
+also lists the validation photos that the strongest probe gets wrong on any split, with the class it chose:
+the photos to look at when asking how far above the probe fine-tuning can go.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224])
     parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--list-errors", action="store_true", help="list the photos the strongest probe gets wrong")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -70,18 +73,28 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only\n")
     print("| input | L2 | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± sd |")
     print("| --- | ---: | " + " | ".join("---:" for _ in args.seeds) + " | --- |")
+    strongest = (0.0, {})  # mean accuracy, {photo index: the classes chosen for it where wrong}
     for size in args.image_sizes:
         x = features(tree.paths, size)
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)
         for l2 in L2_STRENGTHS:
-            accuracies = []
+            accuracies, errors = [], {}
             for seed in args.seeds:
                 train_idx, val_idx = split_indices(tree, args.val_fraction, seed)
                 linear = fit_logistic(x[train_idx], labels[train_idx], len(tree.class_names), l2)
                 with torch.no_grad():
-                    accuracies.append(float((linear(x[val_idx]).argmax(1) == labels[val_idx]).float().mean()))
+                    predicted = linear(x[val_idx]).argmax(1)
+                accuracies.append(float((predicted == labels[val_idx]).float().mean()))
+                for index, choice in zip(val_idx, predicted.tolist()):
+                    if choice != tree.labels[index]:
+                        errors.setdefault(int(index), []).append(tree.class_names[choice])
             cells = " | ".join(f"{a:.1%}" for a in accuracies)
             print(f"| {size} px | {l2:g} | {cells} | {np.mean(accuracies):.1%} ± {np.std(accuracies):.1%} |", flush=True)
+            strongest = max(strongest, (float(np.mean(accuracies)), errors), key=lambda pair: pair[0])
+    if args.list_errors:
+        print("\nphotos the strongest probe gets wrong (label: chosen on each split where it is validated and wrong)")
+        for index, chosen in sorted(strongest[1].items(), key=lambda item: tree.paths[item[0]]):
+            print(f"  {Path(tree.paths[index]).relative_to(args.data)} ({tree.class_names[tree.labels[index]]}): {', '.join(chosen)}")
 
 
 if __name__ == "__main__":
