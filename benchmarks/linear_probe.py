@@ -15,6 +15,7 @@ the photos to look at when asking how far above the probe fine-tuning can go.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def main() -> None:
     if args.list_errors:
         print("\nphotos the strongest probe gets wrong (label: chosen on each split where it is validated and wrong)")
         for index, chosen in sorted(strongest[1].items(), key=lambda item: tree.paths[item[0]]):
-            print(f"  {Path(tree.paths[index]).relative_to(args.data)} ({tree.class_names[tree.labels[index]]}): {', '.join(chosen)}")
+            print(f"  {os.path.relpath(tree.paths[index], args.data)} ({tree.class_names[tree.labels[index]]}): {', '.join(chosen)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """A quick sweep of efficientnet_lite0 fine-tuning settings in plain PyTorch, to choose the `best` recipe's values.
 
     .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
-        [--unfreeze 1.0] [--freeze-batchnorm] [--interpolate] [--size 224] [--test-sizes 224 256] [--seeds 1 2 3]
+        [--unfreeze 1.0] [--freeze-batchnorm] [--interpolate] [--size 224] [--test-sizes 224 256] [--seeds 1 2 3] \
+        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0]
 
-Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation.
+Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation
+(TrivialAugment, MixUp and CutMix on top where asked, in both phases).
 Two phases as in a Ray Train run: the head with the backbone frozen, then the whole network, each with one
 warm-up epoch and a cosine decay (stepped per batch here, per epoch in Ray Train). After every epoch it prints
 the validation loss and accuracy, and for each split the accuracy of the last epoch and of the epoch with
@@ -21,10 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataclasses import replace
+
 from animals10.config import STRONG_AUGMENTATION
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model, get_model_spec
-from animals10.transforms import Preprocessing, to_model_input
+from animals10.transforms import Preprocessing, mix_batch, to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 MODEL = "efficientnet_lite0"
@@ -41,6 +45,8 @@ def train_and_validate(
     preprocessing = Preprocessing(args.size, spec.mean, spec.std)
     train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
     val_x, val_labels = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing), torch.from_numpy(labels[val_idx])
+    augmentation = replace(STRONG_AUGMENTATION, trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
+    num_classes = int(labels.max()) + 1
     history = []
 
     def run_phase(epochs: int, lr: float) -> None:
@@ -57,8 +63,9 @@ def train_and_validate(
             order = torch.randperm(len(train_idx))
             for start in range(0, len(order), args.batch):
                 batch = order[start:start + args.batch]
-                x = to_model_input(train_photos[batch], preprocessing, STRONG_AUGMENTATION)
-                loss = F.cross_entropy(model(x), train_labels[batch], label_smoothing=0.1)
+                x = to_model_input(train_photos[batch], preprocessing, augmentation)
+                x, targets = mix_batch(x, train_labels[batch], num_classes, augmentation)  # soft targets; unmixed without MixUp/CutMix
+                loss = F.cross_entropy(model(x), targets, label_smoothing=0.1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -103,6 +110,9 @@ def main() -> None:
     parser.add_argument("--unfreeze", type=float, default=1.0, help="top share of the backbone's stages fine-tuned")
     parser.add_argument("--freeze-batchnorm", action="store_true")
     parser.add_argument("--interpolate", action="store_true", help="also validate the average of the head-phase and fine-tuned weights")
+    parser.add_argument("--trivial-augment", action="store_true", help="TrivialAugment on top of the recipe's augmentation")
+    parser.add_argument("--mixup", type=float, default=0.0, help="MixUp's Beta alpha (0: off)")
+    parser.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (0: off)")
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
