@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy.py [--data ../shared/data/animals10-sample/raw-img] \
         [--recipes study best] [--models custom_cnn efficientnet_lite0] [--seeds 1 2 3] [--epochs N] \
-        [--image-size PX] [--test-size PX] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA]
+        [--image-size PX] [--test-size PX] [--fine-tune-lr LR] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA]
 
 Each run trains with Ray Train through the same function as jobs/train.py (animals10.train.train_models)
 on an 80/20 split drawn with one seed, and reports the validation accuracy, macro precision and macro
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs (to fit a time budget)")
     parser.add_argument("--image-size", type=int, help="override the recipes' input size")
     parser.add_argument("--test-size", type=int, help="override the recipes' validation and inference input size")
+    parser.add_argument("--fine-tune-lr", type=float, help="override the recipes' fine-tuning rate of transfer models")
     parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
     parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
     parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
@@ -60,6 +61,7 @@ def main() -> None:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
+                        fine_tune_lr=args.fine_tune_lr,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
                     start = time.perf_counter()
                     [trained] = train_models(config)
