@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from dataclasses import replace
 
 from animals10.config import STRONG_AUGMENTATION
 from animals10.data import load_photo, read_labelled_tree, split_indices
@@ -63,8 +62,9 @@ def train_and_validate(
             order = torch.randperm(len(train_idx))
             for start in range(0, len(order), args.batch):
                 batch = order[start:start + args.batch]
-                x = to_model_input(train_photos[batch], preprocessing, augmentation)
-                x, targets = mix_batch(x, train_labels[batch], num_classes, augmentation)  # soft targets; unmixed without MixUp/CutMix
+                x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
+                if augmentation.mixes:
+                    x, targets = mix_batch(x, targets, num_classes, augmentation)  # (B, num_classes) soft targets
                 loss = F.cross_entropy(model(x), targets, label_smoothing=0.1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
