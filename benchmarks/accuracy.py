@@ -30,6 +30,7 @@ import torch
 from animals10.config import recipe_config
 from animals10.data import LabelledTree, read_labelled_tree, split_indices
 from animals10.evaluate import predict_paths
+from animals10.metrics import classification_metrics, confusion_matrix
 from animals10.predictor import Predictor
 from animals10.train import train_models
 
@@ -113,10 +114,11 @@ def held_out_accuracy(artifact_uri: str, held_out: LabelledTree) -> dict:
     """The saved model's accuracy on photos of another tree, overall and per class (its classes, by name)."""
     predictor = Predictor(artifact_uri)
     probabilities, scored, _ = predict_paths(predictor, held_out.paths)
-    truth = np.array([predictor.class_names.index(held_out.class_names[held_out.labels[j]]) for j in scored])
-    hits = probabilities.argmax(1) == truth
-    per_class = {predictor.class_names[c]: float(hits[truth == c].mean()) for c in np.unique(truth)}
-    return {"held_out_accuracy": float(hits.mean()), "held_out_recall": per_class}
+    truth = [predictor.class_names.index(held_out.class_names[held_out.labels[j]]) for j in scored]
+    matrix = confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names))
+    metrics = classification_metrics(matrix, predictor.class_names)
+    recall = {name: values["recall"] for name, values in metrics["per_class"].items() if values["support"]}
+    return {"held_out_accuracy": metrics["accuracy"], "held_out_recall": recall}
 
 
 def saved_model_accuracy(

@@ -74,6 +74,8 @@ def main() -> None:
     tree = read_labelled_tree(args.data)
     labels = torch.tensor(tree.labels)
     held_out = read_labelled_tree(args.held_out) if args.held_out else None
+    if held_out is not None:
+        held_labels = torch.tensor([tree.class_names.index(held_out.class_names[label]) for label in held_out.labels])
     held_out_rows = []
     print(f"{args.data}: {len(tree.paths)} photos; splits with seeds {args.seeds}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only\n")
@@ -86,7 +88,6 @@ def main() -> None:
         x = (x - mean) / std
         if held_out is not None:
             held_x = (features(held_out.paths, size) - mean) / std
-            held_labels = torch.tensor([tree.class_names.index(held_out.class_names[label]) for label in held_out.labels])
         for l2 in L2_STRENGTHS:
             accuracies, errors, held_out_accuracies = [], {}, []
             for seed in args.seeds:
