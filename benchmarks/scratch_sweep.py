@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
         [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
-        [--test-sizes 64 80] [--seeds 1 2 3]
+        [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
+        [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -14,6 +15,7 @@ chosen here are then measured with benchmarks/accuracy.py.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from pathlib import Path
@@ -24,9 +26,44 @@ import torch.nn.functional as F
 
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model
-from animals10.transforms import Augmentation, mix_batch, to_model_input, Preprocessing
+from animals10.transforms import Augmentation, Preprocessing, mix_batch, to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
+
+
+def loss_of(logits: torch.Tensor, targets: torch.Tensor, args) -> torch.Tensor:
+    """Cross-entropy with label smoothing, or the cosine loss of Barz & Denzler (2020): one minus the cosine
+    similarity of the logits and the (one-hot or mixed) target."""
+    if args.loss == "cosine":
+        targets = F.one_hot(targets, logits.shape[1]).to(logits.dtype) if targets.ndim == 1 else targets
+        return (1 - F.cosine_similarity(logits, targets, dim=1)).mean()
+    return F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+
+
+def sharpness_aware_gradient(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, args) -> None:
+    """Replaces the gradients in `model` with those of the same batch at the weights `args.sam` away uphill
+    (sharpness-aware minimisation, Foret et al. 2021)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.norm(torch.stack([p.grad.norm() for p in params])) + 1e-12
+    steps = [p.grad * (args.sam / norm) for p in params]
+    with torch.no_grad():
+        torch._foreach_add_(params, steps)
+    model.zero_grad(set_to_none=True)
+    loss_of(model(x), targets, args).backward()
+    with torch.no_grad():
+        torch._foreach_sub_(params, steps)
+
+
+@torch.no_grad()
+def with_recalibrated_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """A copy of `model` in eval mode whose BatchNorm statistics are those of the inputs `x` (all in one batch)."""
+    recalibrated = copy.deepcopy(model)
+    for module in recalibrated.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over what it sees
+    recalibrated.train()(x)
+    return recalibrated.eval()
 
 
 def train_and_validate(
@@ -37,7 +74,7 @@ def train_and_validate(
     the final model is also scored on the validation photos at those input sizes."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
-    model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout)
+    model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / args.batch)
     total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
@@ -65,9 +102,10 @@ def train_and_validate(
             x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
             if augmentation.mixes:
                 x, targets = mix_batch(x, targets, num_classes, augmentation)
-            loss = F.cross_entropy(model(x), targets, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_of(model(x), targets, args).backward()
+            if args.sam:
+                sharpness_aware_gradient(model, x, targets, args)
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -82,6 +120,9 @@ def train_and_validate(
         with torch.no_grad():
             x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size))
             print(f"  tested at {size} px: {float((model(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
+            if args.recalibrate_bn:
+                recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(decoded[train_idx]), Preprocessing(size)))
+                print(f"  tested at {size} px, BatchNorm recalibrated: {float((recalibrated(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
     if ema is not None:
         print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
     return accuracies
@@ -98,6 +139,9 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--residual", action="store_true")
+    parser.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--loss", choices=["ce", "cosine"], default="ce", help="cross-entropy, or the cosine loss (Barz & Denzler 2020)")
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--crop", type=float, default=0.35, help="smallest share of the area a random crop keeps")
     parser.add_argument("--jitter", type=float, default=0.3, help="brightness, contrast and saturation 1 ± this")
@@ -106,6 +150,8 @@ def main() -> None:
     parser.add_argument("--cutmix", type=float, default=0.0)
     parser.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the weights with this decay per step")
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
+    parser.add_argument("--sam", type=float, default=0.0, help="sharpness-aware minimisation with this radius (0: off)")
+    parser.add_argument("--recalibrate-bn", action="store_true", help="also score with BatchNorm statistics recomputed on the training photos at each test size")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
