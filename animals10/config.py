@@ -30,6 +30,7 @@ class TrainConfig:
     head_epochs_fraction: float = 0.5  # transfer models: share of epochs that train the head only
     unfreeze_fraction: float = 0.3  # transfer models: top share of backbone stages fine-tuned
     freeze_batchnorm: bool = False  # transfer models: every BatchNorm keeps its ImageNet statistics while fine-tuning
+    imagenet_head: bool = False  # transfer models: the head starts from the backbone's ImageNet classifier (models.IMAGENET_CLASSES)
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
     weight_decay: float = 0.0
     schedule: str = "plateau"  # plateau: reduce on validation-loss plateaus | cosine: warm-up, then cosine decay per phase
@@ -115,8 +116,8 @@ RECIPES: dict[str, dict] = {
     "study": {},
     # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
     # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
-    # imbalance. Transfer models at 224 px: the head first (30% of the epochs), then the whole network at a
-    # low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short steps,
+    # imbalance. Transfer models at 224 px: the head, started from the ImageNet classifier's rows of each class,
+    # first (30% of the epochs), then the whole network at a low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short steps,
     # its random crops cut from photos decoded at 128 px, tested at 72 px against the zoom of random crops.
     "best": {
         "optimizer": "adamw",
@@ -130,6 +131,7 @@ RECIPES: dict[str, dict] = {
         "head_epochs_fraction": 0.3,
         "unfreeze_fraction": 1.0,
         "freeze_batchnorm": True,
+        "imagenet_head": True,
         "early_stopping_patience": 0,
         "keep": "last",
         "augmentation": STRONG_AUGMENTATION,

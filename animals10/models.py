@@ -10,17 +10,20 @@ Models return logits; softmax is applied by whoever turns them into probabilitie
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from animals10.errors import WeightsUnavailableError
 from animals10.transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_MEAN, UNIT_STD
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,21 @@ def custom_cnn(num_classes: int, pretrained: bool = False, weights_path: str | N
 # --- transfer learning -----------------------------------------------------------------------------
 
 
+# The ImageNet-1k classes (indices in the usual order) that show each Animals-10 animal.
+IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
+    "dog": tuple(range(151, 269)),  # the 118 breeds, Chihuahua to Mexican hairless
+    "horse": (339, 603),  # sorrel, horse cart
+    "elephant": (101, 385, 386),  # tusker, Indian elephant, African elephant
+    "butterfly": tuple(range(321, 327)),  # admiral, ringlet, monarch, cabbage butterfly, sulphur butterfly, lycaenid
+    "chicken": (7, 8),  # cock, hen
+    "cat": tuple(range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    "cow": (345, 346, 347),  # ox, water buffalo, bison
+    "sheep": (348, 349),  # ram, bighorn
+    "spider": tuple(range(72, 78)),  # black and gold garden spider, barn spider, garden spider, black widow, tarantula, wolf spider
+    "squirrel": (335,),  # fox squirrel
+}
+
+
 class TransferModel(nn.Module):
     """A pretrained backbone (image -> pooled features) and a new dense head with dropout.
 
@@ -176,6 +194,23 @@ class TransferModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def start_head_from_imagenet(self, classifier: nn.Linear, class_names: Sequence[str]) -> list[str]:
+        """Starts the head where the backbone's own ImageNet `classifier` already tells the classes apart:
+        each class's weights are the mean of those of its ImageNet classes (`IMAGENET_CLASSES`), its bias
+        their mean plus the log of their number, a linear stand-in for adding up their probabilities (so
+        that dog, 118 breeds, and squirrel, one class, start level). Done only when ImageNet has every
+        class; returns the classes it lacks (then the head keeps its random start)."""
+        missing = [name for name in class_names if name not in IMAGENET_CLASSES]
+        if missing:
+            return missing
+        linear = self.head[-1]
+        with torch.no_grad():
+            for row, name in enumerate(class_names):
+                rows = list(IMAGENET_CLASSES[name])
+                linear.weight[row] = classifier.weight[rows].mean(0)
+                linear.bias[row] = classifier.bias[rows].mean() + math.log(len(rows))
+        return []
 
     def freeze_backbone(self) -> None:
         self.backbone.requires_grad_(False)
@@ -234,14 +269,26 @@ def load_mobilenet_v2_imagenet(weights_path: str | None = None, timeout_s: float
     return model
 
 
+def _with_head_from_imagenet(model: TransferModel, classifier: nn.Linear, class_names: Sequence[str] | None) -> TransferModel:
+    if class_names is not None:
+        missing = model.start_head_from_imagenet(classifier, class_names)
+        if missing:
+            logger.warning("The head starts at random: ImageNet has no class for %s.", ", ".join(missing))
+    return model
+
+
 @register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, default_epochs=20, transfer=True)
-def mobilenet_v2(num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2) -> nn.Module:
+def mobilenet_v2(
+    num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2, head_classes: Sequence[str] | None = None
+) -> nn.Module:
+    """`head_classes` (the class names, with `pretrained`): the head starts from ImageNet's classifier."""
     from torchvision.models import mobilenet_v2 as build
 
     base = load_mobilenet_v2_imagenet(weights_path) if pretrained else build(weights=None)
     backbone = nn.Sequential(base.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     stages = [[f"0.{i}"] for i in range(len(base.features))]
-    return TransferModel(backbone, stages, base.last_channel, num_classes, dropout)
+    model = TransferModel(backbone, stages, base.last_channel, num_classes, dropout)
+    return _with_head_from_imagenet(model, base.classifier[-1], head_classes if pretrained else None)
 
 
 def load_efficientnet_lite0_imagenet(weights_path: str | None = None, drop_path_rate: float = 0.0) -> nn.Module:
@@ -274,15 +321,22 @@ def load_efficientnet_lite0_imagenet(weights_path: str | None = None, drop_path_
 
 @register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), default_epochs=20, transfer=True)
 def efficientnet_lite0(
-    num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2, drop_path_rate: float = 0.0
+    num_classes: int,
+    pretrained: bool = True,
+    weights_path: str | None = None,
+    dropout: float = 0.2,
+    drop_path_rate: float = 0.0,
+    head_classes: Sequence[str] | None = None,
 ) -> nn.Module:
+    """`head_classes` (the class names, with `pretrained`): the head starts from ImageNet's classifier."""
     import timm
 
     if pretrained:
         base = load_efficientnet_lite0_imagenet(weights_path, drop_path_rate)
     else:
         base = timm.create_model("tf_efficientnet_lite0", drop_path_rate=drop_path_rate)
-    num_features = base.num_features
+    num_features, imagenet_classifier = base.num_features, base.classifier
     base.reset_classifier(0)  # forward() now returns pooled (B, 1280) features
     stages = [["conv_stem", "bn1"], *[[f"blocks.{i}"] for i in range(len(base.blocks))], ["conv_head", "bn2"]]
-    return TransferModel(base, stages, num_features, num_classes, dropout)
+    model = TransferModel(base, stages, num_features, num_classes, dropout)
+    return _with_head_from_imagenet(model, imagenet_classifier, head_classes if pretrained else None)

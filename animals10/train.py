@@ -284,12 +284,14 @@ def _load_state(checkpoint) -> dict:
         return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def initial_model(config: TrainConfig, model_name: str, num_classes: int) -> torch.nn.Module:
-    """The model before training: ImageNet backbone for transfer models (or a clear error), else random."""
+def initial_model(config: TrainConfig, model_name: str, class_names: list[str]) -> torch.nn.Module:
+    """The model before training: ImageNet backbone for transfer models (or a clear error), its head
+    started from the ImageNet classifier where the recipe says so; else random."""
     config = config.for_model(model_name)
     if not get_model_spec(model_name).transfer:
-        return create_model(model_name, num_classes, **config.model_kwargs)
-    return create_model(model_name, num_classes, pretrained=config.pretrained, weights_path=config.weights, **config.model_kwargs)
+        return create_model(model_name, len(class_names), **config.model_kwargs)
+    head = {"head_classes": class_names} if config.imagenet_head and config.pretrained else {}
+    return create_model(model_name, len(class_names), pretrained=config.pretrained, weights_path=config.weights, **config.model_kwargs, **head)
 
 
 def train_model(
@@ -375,7 +377,7 @@ def train_models(config: TrainConfig) -> list[TrainedModel]:
     tree = read_labelled_tree(config.data)
     train_idx, val_idx = split_indices(tree, config.val_fraction, config.seed)
     storage.check_writable(config.output)
-    initial = {name: initial_model(config, name, len(tree.class_names)) for name in config.models}
+    initial = {name: initial_model(config, name, tree.class_names) for name in config.models}
     logger.info("%d photos in %d classes under %s: %d for training, %d for validation", len(tree.paths), len(tree.class_names), tree.root, len(train_idx), len(val_idx))
     for name, count in tree.class_counts().items():
         logger.info("  %-12s %6d photos (train %d, val %d)", name, count, tree.class_counts(train_idx)[name], tree.class_counts(val_idx)[name])
@@ -422,6 +424,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--test-size", type=int, metavar="PX", help="input size of validation and inference, a little above --image-size to offset the zoom of random crops (best: 72 for custom_cnn)")
     parser.add_argument("--keep", choices=KEEP_CHOICES, help="the epoch the artifact keeps (default: the recipe's; study: best_val_loss, best: last)")
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=None, help="transfer models: BatchNorm keeps its ImageNet statistics while fine-tuning (best: on)")
+    parser.add_argument("--imagenet-head", action=argparse.BooleanOptionalAction, default=None, help="transfer models: the head starts from the ImageNet classifier's rows of each class (best: on)")
     parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)")
     parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None, help="TrivialAugment: one random operation per photo")
     parser.add_argument("--mixup", type=_alpha, metavar="ALPHA", help="MixUp with this Beta(alpha, alpha) (0: off)")
@@ -451,6 +454,7 @@ def config_from_args(args) -> TrainConfig:
         augment_size=args.augment_size,
         test_size=args.test_size,
         freeze_batchnorm=args.freeze_batchnorm,
+        imagenet_head=args.imagenet_head,
         num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.use_gpu,

@@ -1,7 +1,7 @@
 """The baseline that fine-tuning must beat: a linear classifier on frozen EfficientNet-Lite0 features.
 
     .venv/bin/python benchmarks/linear_probe.py [--data ../shared/data/animals10-sample/raw-img] \
-        [--seeds 1 2 3] [--image-sizes 128 224] [--list-errors] [--held-out ../shared/data/bench-images]
+        [--seeds 1 2 3] [--image-sizes 128 224] [--list-errors] [--held-out ../shared/data/bench-images] [--imagenet-prior]
 
 Same photos, the same stratified 80/20 splits (`split_indices`, one per seed) and the same decoding as
 benchmarks/accuracy.py. Each photo's pooled ImageNet features are computed once (no augmentation);
@@ -11,7 +11,9 @@ is a baseline chosen on the validation photos: flattering to the probe, not to f
 also lists the validation photos that the strongest probe gets wrong on any split, with the class it chose:
 the photos to look at when asking how far above the probe fine-tuning can go. `--held-out DIR` also scores
 each split's probe on the photos of another labelled tree (classes named as in the data set, a subset of
-the sample's), which no split trains or validates on: more photos, so a less noisy figure.
+the sample's), which no split trains or validates on: more photos, so a less noisy figure. `--imagenet-prior`
+starts each probe from the head that the `best` recipe starts fine-tuning from (ImageNet's classifier rows
+of each class) and penalises it towards that head instead of towards zero: a stronger baseline.
 """
 
 from __future__ import annotations
@@ -46,18 +48,34 @@ def features(paths: list[str], image_size: int, batch_size: int = 32) -> torch.T
     return torch.cat(out)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> torch.nn.Linear:
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, prior: torch.nn.Linear | None = None) -> torch.nn.Linear:
+    """Multinomial logistic regression with an L2 penalty on the weights: towards zero, or, given a
+    `prior` classifier, starting from it and penalised towards it."""
     linear = torch.nn.Linear(x.shape[1], num_classes)
+    if prior is not None:
+        linear.load_state_dict(prior.state_dict())
+    centre = prior.weight.detach().clone() if prior is not None else torch.zeros_like(linear.weight)
     optimizer = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=500, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum()
+        loss = F.cross_entropy(linear(x), y) + l2 * (linear.weight - centre).pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
     return linear
+
+
+def imagenet_prior(class_names: list[str], mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """The head that `--imagenet-head` starts fine-tuning from (built from ImageNet's classifier), for
+    features standardised with `mean` and `std`: the same logits as on the raw features."""
+    head = create_model("efficientnet_lite0", len(class_names), pretrained=True, head_classes=class_names).head[-1]
+    prior = torch.nn.Linear(head.in_features, head.out_features)
+    with torch.no_grad():
+        prior.weight.copy_(head.weight * std)
+        prior.bias.copy_(head.bias + head.weight @ mean)
+    return prior
 
 
 def main() -> None:
@@ -68,6 +86,7 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--list-errors", action="store_true", help="list the photos the strongest probe gets wrong")
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every probe on")
+    parser.add_argument("--imagenet-prior", action="store_true", help="start each probe from the ImageNet classifier's rows of each class, penalised towards them")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -86,13 +105,14 @@ def main() -> None:
         x = features(tree.paths, size)
         mean, std = x.mean(0), x.std(0) + 1e-6
         x = (x - mean) / std
+        prior = imagenet_prior(tree.class_names, mean, std) if args.imagenet_prior else None
         if held_out is not None:
             held_x = (features(held_out.paths, size) - mean) / std
         for l2 in L2_STRENGTHS:
             accuracies, errors, held_out_accuracies = [], {}, []
             for seed in args.seeds:
                 train_idx, val_idx = split_indices(tree, args.val_fraction, seed)
-                linear = fit_logistic(x[train_idx], labels[train_idx], len(tree.class_names), l2)
+                linear = fit_logistic(x[train_idx], labels[train_idx], len(tree.class_names), l2, prior)
                 with torch.no_grad():
                     predicted = linear(x[val_idx]).argmax(1)
                 accuracies.append(float((predicted == labels[val_idx]).float().mean()))

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
         [--unfreeze 1.0] [--freeze-batchnorm] [--interpolate] [--size 224] [--test-sizes 224 256] [--seeds 1 2 3] \
-        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0] [--drop-path 0.2]
+        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0] [--drop-path 0.2] [--imagenet-head] \
+        [--held-out ../shared/data/bench-images]
 
 Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation
 (TrivialAugment, MixUp and CutMix on top where asked, in both phases).
@@ -34,13 +35,15 @@ MODEL = "efficientnet_lite0"
 
 
 def train_and_validate(
-    photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None
+    photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None, held_out: tuple | None = None
 ) -> list[tuple[float, float]]:
     """Fine-tunes one model on `train_idx`; returns (validation loss, accuracy) after each epoch. `test_photos`
-    (size -> the photos decoded at that size): the final model is also scored at those input sizes."""
+    (size -> the photos decoded at that size): the final model is also scored at those input sizes;
+    `held_out` (photos, labels) of another tree: and on those."""
     torch.manual_seed(seed)
     spec = get_model_spec(MODEL)
-    model = create_model(MODEL, int(labels.max()) + 1, pretrained=True, drop_path_rate=args.drop_path)
+    head = {"head_classes": args.class_names} if args.imagenet_head else {}
+    model = create_model(MODEL, int(labels.max()) + 1, pretrained=True, drop_path_rate=args.drop_path, **head)
     preprocessing = Preprocessing(args.size, spec.mean, spec.std)
     train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
     val_x, val_labels = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing), torch.from_numpy(labels[val_idx])
@@ -91,6 +94,11 @@ def train_and_validate(
         with torch.no_grad():
             accuracy = float((model(val_x).argmax(1) == val_labels).float().mean())
         print(f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy:.1%}", flush=True)
+    if held_out is not None:
+        other_photos, other_labels = held_out
+        with torch.no_grad():
+            predicted = torch.cat([model(to_model_input(torch.from_numpy(chunk), preprocessing)).argmax(1) for chunk in np.array_split(other_photos, 16)])
+        print(f"  held-out photos: {float((predicted == torch.from_numpy(other_labels)).float().mean()):.1%}", flush=True)
     for size, decoded in (test_photos or {}).items():
         with torch.no_grad():
             x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size, spec.mean, spec.std))
@@ -114,6 +122,8 @@ def main() -> None:
     parser.add_argument("--mixup", type=float, default=0.0, help="MixUp's Beta alpha (0: off)")
     parser.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (0: off)")
     parser.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate of the backbone's blocks (0: off)")
+    parser.add_argument("--imagenet-head", action="store_true", help="start the head from ImageNet's classifier rows of each class")
+    parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score each final model on")
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
@@ -124,11 +134,17 @@ def main() -> None:
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
     test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in args.test_sizes}
     labels = np.asarray(tree.labels, dtype=np.int64)
+    args.class_names = tree.class_names
+    held_out = None
+    if args.held_out:  # photos of other trees, labels as indices into this tree's classes
+        other = read_labelled_tree(args.held_out)
+        other_labels = np.asarray([tree.class_names.index(other.class_names[label]) for label in other.labels], dtype=np.int64)
+        held_out = (np.stack([load_photo(path, args.size)[0] for path in other.paths]), other_labels)
     lasts, lowest_loss = [], []
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
-        history = train_and_validate(photos, labels, train_idx, val_idx, args, seed, test_photos)
+        history = train_and_validate(photos, labels, train_idx, val_idx, args, seed, test_photos, held_out)
         lasts.append(history[-1][1])
         lowest_loss.append(min(history)[1])
         print(f"seed {seed}: last epoch {lasts[-1]:.1%}, lowest-loss epoch {lowest_loss[-1]:.1%}, {time.perf_counter() - start:.0f} s", flush=True)

@@ -27,6 +27,7 @@ def test_best_recipe_per_model_and_overrides():
     assert (given.image_size, given.epochs, given.batch_size) == (96, 3, 16)
     assert (cnn.keep, transfer.keep, transfer.freeze_batchnorm, transfer.head_epochs_fraction) == ("last", "last", True, 0.3)
     assert recipe_config("study").keep == "best_val_loss" and not recipe_config("study").freeze_batchnorm
+    assert transfer.imagenet_head and not recipe_config("study").for_model("efficientnet_lite0").imagenet_head
     with pytest.raises(ValueError, match="Unknown keep 'best'"):
         recipe_config("best", keep="best")
     assert (cnn.augment_size, cnn.train_decode_size, transfer.train_decode_size) == (128, 128, 224)
@@ -65,8 +66,9 @@ def test_command_line_builds_the_recipe_with_its_changes():
     cnn = config.for_model("custom_cnn")
     assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
     assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best"
-    changed = config_from_args(parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm"]))
-    assert (changed.for_model("efficientnet_lite0").keep, changed.for_model("efficientnet_lite0").freeze_batchnorm) == ("best_val_loss", False)
+    changed = config_from_args(parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm", "--no-imagenet-head"]))
+    transfer = changed.for_model("efficientnet_lite0")
+    assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head) == ("best_val_loss", False, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--cutmix", "-1"])
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from animals10.errors import WeightsUnavailableError
+from animals10.labels import ANIMALS10_CLASSES
 from animals10.models import (
+    IMAGENET_CLASSES,
     MOBILENET_V2_CACHE_FILE,
     count_parameters,
     create_model,
@@ -85,6 +87,45 @@ def test_efficientnet_lite0_weights_are_imagenet_pretrained():
     with torch.no_grad():
         top = model(x).softmax(1).argmax(1).item()
     assert 281 <= top <= 285
+
+
+def test_imagenet_classes_of_each_animal_are_the_right_imagenet_classes():
+    from torchvision.models import MobileNet_V2_Weights
+
+    imagenet = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]  # the 1000 names in the usual order
+    names = {animal: [imagenet[i] for i in indices] for animal, indices in IMAGENET_CLASSES.items()}
+    assert sorted(names) == sorted(ANIMALS10_CLASSES)
+    assert (len(names["dog"]), names["dog"][0], names["dog"][-1]) == (118, "Chihuahua", "Mexican hairless")
+    assert names["cat"] == ["tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
+    assert names["horse"] == ["sorrel", "horse cart"] and names["chicken"] == ["cock", "hen"] and names["squirrel"] == ["fox squirrel"]
+    assert names["elephant"] == ["tusker", "Indian elephant", "African elephant"]
+    assert names["cow"] == ["ox", "water buffalo", "bison"] and names["sheep"] == ["ram", "bighorn"]
+    assert names["butterfly"] == ["admiral", "ringlet", "monarch", "cabbage butterfly", "sulphur butterfly", "lycaenid"]
+    assert names["spider"][0] == "black and gold garden spider" and names["spider"][-1] == "wolf spider" and len(names["spider"]) == 6
+
+
+def test_head_started_from_imagenet_knows_a_cat_before_any_training():
+    """A photo of a cat, through efficientnet_lite0 whose new ten-class head has not been trained at all."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photo = np.array(Image.fromarray(skimage_data.chelsea()).resize((224, 224)))
+    x = torch.from_numpy(photo).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)[None]
+    classes = list(reversed(ANIMALS10_CLASSES))  # any order: rows follow the names given
+    started = create_model("efficientnet_lite0", len(classes), pretrained=True, head_classes=classes).eval()
+    with torch.no_grad():
+        probabilities = started(x).softmax(1)[0]
+    assert classes[int(probabilities.argmax())] == "cat" and probabilities.max() > 0.5
+
+
+def test_head_stays_random_when_imagenet_lacks_a_class(caplog):
+    torch.manual_seed(0)
+    random_start = create_model("efficientnet_lite0", 3, pretrained=True).head[-1].weight
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="animals10.models"):
+        model = create_model("efficientnet_lite0", 3, pretrained=True, head_classes=["cat", "dog", "unicorn"])
+    assert torch.equal(model.head[-1].weight, random_start)
+    assert "ImageNet has no class for unicorn" in caplog.text
 
 
 def test_mobilenet_v2_loads_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch):

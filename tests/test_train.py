@@ -30,6 +30,22 @@ def validation_accuracy(artifact_uri: str, data_dir) -> float:
     return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
 
 
+def test_best_recipe_starts_the_transfer_head_from_imagenet_and_study_at_random():
+    import torch
+
+    from animals10.config import recipe_config
+    from animals10.labels import ANIMALS10_CLASSES
+    from animals10.models import load_efficientnet_lite0_imagenet
+    from animals10.train import initial_model
+
+    imagenet = load_efficientnet_lite0_imagenet().classifier
+    cat = ANIMALS10_CLASSES.index("cat")
+    cat_row = imagenet.weight[281:286].mean(0)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    best = initial_model(recipe_config("best", data="d"), "efficientnet_lite0", ANIMALS10_CLASSES).head[-1]
+    study = initial_model(recipe_config("study", data="d"), "efficientnet_lite0", ANIMALS10_CLASSES).head[-1]
+    assert torch.allclose(best.weight[cat], cat_row) and not torch.allclose(study.weight[cat], cat_row)
+
+
 @pytest.mark.parametrize("model_name, epochs, augment_size, test_size", [("custom_cnn", 10, 96, 72), ("efficientnet_lite0", 4, None, None)])
 def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size):
     """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation;
