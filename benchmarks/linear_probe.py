@@ -108,6 +108,12 @@ def main() -> None:
         prior = imagenet_prior(tree.class_names, mean, std) if args.imagenet_prior else None
         if held_out is not None:
             held_x = (features(held_out.paths, size) - mean) / std
+        if prior is not None:  # the starting head alone, trained on nothing
+            with torch.no_grad():
+                untrained = [f"{float((prior(x).argmax(1) == labels).float().mean()):.1%} of all {len(labels)} photos"]
+                if held_out is not None:
+                    untrained.append(f"{float((prior(held_x).argmax(1) == held_labels).float().mean()):.1%} of the {len(held_labels)} others")
+            print(f"| {size} px | the ImageNet head, untrained: {', '.join(untrained)} |")
         for l2 in L2_STRENGTHS:
             accuracies, errors, held_out_accuracies = [], {}, []
             for seed in args.seeds:
