@@ -116,9 +116,10 @@ RECIPES: dict[str, dict] = {
     "study": {},
     # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
     # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
-    # imbalance. Transfer models at 224 px: the head, started from the ImageNet classifier's rows of each class,
-    # first (30% of the epochs), then the whole network at a low rate with BatchNorm's ImageNet statistics kept. The from-scratch CNN at 64 px, many short steps,
-    # its random crops cut from photos decoded at 128 px, tested at 72 px against the zoom of random crops.
+    # imbalance. Transfer models at 224 px: the head first (30% of the epochs), started from the backbone's
+    # ImageNet classifier, then the whole network at a low rate with BatchNorm's ImageNet statistics kept.
+    # The from-scratch CNN at 64 px, many short steps, its random crops cut from photos decoded at 128 px,
+    # tested at 72 px against the zoom of random crops.
     "best": {
         "optimizer": "adamw",
         "lr": 5e-3,
