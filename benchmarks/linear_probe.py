@@ -67,6 +67,11 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
     return linear
 
 
+@torch.no_grad()
+def accuracy(linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((linear(x).argmax(1) == y).float().mean())
+
+
 def imagenet_prior(class_names: list[str], mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
     """The head that `--imagenet-head` starts fine-tuning from (built from ImageNet's classifier), for
     features standardised with `mean` and `std`: the same logits as on the raw features."""
@@ -109,10 +114,9 @@ def main() -> None:
         if held_out is not None:
             held_x = (features(held_out.paths, size) - mean) / std
         if prior is not None:  # the starting head alone, trained on nothing
-            with torch.no_grad():
-                untrained = [f"{float((prior(x).argmax(1) == labels).float().mean()):.1%} of all {len(labels)} photos"]
-                if held_out is not None:
-                    untrained.append(f"{float((prior(held_x).argmax(1) == held_labels).float().mean()):.1%} of the {len(held_labels)} others")
+            untrained = [f"{accuracy(prior, x, labels):.1%} of all {len(labels)} photos"]
+            if held_out is not None:
+                untrained.append(f"{accuracy(prior, held_x, held_labels):.1%} of the {len(held_labels)} others")
             print(f"| {size} px | the ImageNet head, untrained: {', '.join(untrained)} |")
         for l2 in L2_STRENGTHS:
             accuracies, errors, held_out_accuracies = [], {}, []
@@ -126,8 +130,7 @@ def main() -> None:
                     if choice != tree.labels[index]:
                         errors.setdefault(int(index), []).append(tree.class_names[choice])
                 if held_out is not None:
-                    with torch.no_grad():
-                        held_out_accuracies.append(float((linear(held_x).argmax(1) == held_labels).float().mean()))
+                    held_out_accuracies.append(accuracy(linear, held_x, held_labels))
             cells = " | ".join(f"{a:.1%}" for a in accuracies)
             print(f"| {size} px | {l2:g} | {cells} | {np.mean(accuracies):.1%} ± {np.std(accuracies):.1%} |", flush=True)
             if held_out is not None:
