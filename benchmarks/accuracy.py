@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -88,7 +89,8 @@ def main() -> None:
                 Path(args.results).write_text(json.dumps(runs, indent=2))
 
     print(f"\n{args.data}: {len(args.seeds)} stratified 80/20 splits per row (seeds {args.seeds})")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only")
+    accelerator = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {accelerator}")
     print("| recipe | model | input | accuracy | macro precision | macro recall | accuracy, flip TTA | accuracy at the training size | epochs | minutes/run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for recipe in args.recipes:
