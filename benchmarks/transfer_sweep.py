@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/transfer_sweep.py --head-epochs 6 --head-lr 5e-3 --ft-epochs 14 --ft-lr 1e-4 \
         [--unfreeze 1.0] [--freeze-batchnorm] [--interpolate] [--size 224] [--test-sizes 224 256] [--seeds 1 2 3] \
-        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0] [--drop-path 0.2] [--imagenet-head] \
+        [--trivial-augment] [--mixup 0.2] [--cutmix 1.0] [--drop-path 0.2] [--imagenet-head] [--lp-ft L2] \
         [--held-out ../shared/data/bench-images]
 
 Photos decoded once and kept in memory, no Ray; the project's model, split, decoding and `best` augmentation
@@ -29,9 +29,28 @@ from animals10.config import STRONG_AUGMENTATION
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model, get_model_spec
 from animals10.transforms import Preprocessing, mix_batch, to_model_input
+from linear_probe import fit_logistic
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 MODEL = "efficientnet_lite0"
+
+
+@torch.no_grad()
+def converge_head(model: torch.nn.Module, photos: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing, l2: float) -> None:
+    """LP-FT (Kumar et al. 2022): sets the head to a converged linear probe on the frozen backbone's
+    features of `photos`, started from the model's own head and penalised towards it (linear_probe.py's
+    fit, on standardised features, mapped back to the raw features the head sees)."""
+    model.eval()
+    x = torch.cat([model.backbone(to_model_input(chunk, preprocessing)) for chunk in photos.split(32)])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    head = model.head[-1]
+    prior = torch.nn.Linear(head.in_features, head.out_features)
+    prior.weight.copy_(head.weight * std)
+    prior.bias.copy_(head.bias + head.weight @ mean)
+    with torch.enable_grad():
+        probe = fit_logistic((x - mean) / std, labels, head.out_features, l2, prior)
+    head.weight.copy_(probe.weight / std)
+    head.bias.copy_(probe.bias - (probe.weight / std) @ mean)
 
 
 def train_and_validate(
@@ -80,6 +99,10 @@ def train_and_validate(
             print(f"  epoch {len(history)}: validation loss {history[-1][0]:.3f}, accuracy {history[-1][1]:.1%}", flush=True)
 
     model.freeze_backbone()
+    if args.lp_ft is not None:
+        converge_head(model, train_photos, train_labels, preprocessing, args.lp_ft)
+        with torch.no_grad():
+            print(f"  converged probe: accuracy {float((model(val_x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
     run_phase(args.head_epochs, args.head_lr)
     head_only = {k: v.clone() for k, v in model.state_dict().items()} if args.interpolate else None
     model.unfreeze_top(args.unfreeze)
@@ -123,6 +146,7 @@ def main() -> None:
     parser.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (0: off)")
     parser.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate of the backbone's blocks (0: off)")
     parser.add_argument("--imagenet-head", action="store_true", help="start the head from ImageNet's classifier rows of each class")
+    parser.add_argument("--lp-ft", type=float, help="before the head phase, set the head to a converged probe penalised towards it with this L2 (LP-FT)")
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score each final model on")
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
