@@ -266,6 +266,23 @@ def _dataset(records: list[dict], image_size: int):
     )
 
 
+def _datasets(config: TrainConfig, tree: LabelledTree, train_idx: list[int], val_idx: list[int]) -> tuple[dict, bool]:
+    """The training and validation datasets, and whether they were decoded once and kept in the object
+    store (`config.cache_decoded`; by default when they take at most a quarter of it). Decoding is
+    deterministic (augmentation happens on the workers), so kept photos train the same model."""
+    import ray
+
+    datasets = {"train": _dataset(tree.records(train_idx), config.train_decode_size), "val": _dataset(tree.records(val_idx), config.inference_size)}
+    decoded_bytes = 3 * (len(train_idx) * config.train_decode_size**2 + len(val_idx) * config.inference_size**2)
+    keep = config.cache_decoded
+    if keep is None:
+        keep = decoded_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
+    if keep:
+        logger.info("Decoding %d photos once (%.0f MB) and keeping them for every epoch", len(train_idx) + len(val_idx), decoded_bytes / 1e6)
+        datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
+    return datasets, keep
+
+
 def _run_config(config: TrainConfig, model_name: str):
     import ray.train
 
@@ -310,6 +327,7 @@ def train_model(
     # Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double.
     class_weights = [len(train_idx) / (len(train_counts) * max(n, 1)) for n in train_counts.values()] if config.class_weighting else None
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    datasets, decoded_once = _datasets(config, tree, train_idx, val_idx)
     loop = {
         **config.to_dict(),
         "model_name": model_name,
@@ -324,7 +342,7 @@ def train_model(
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=_run_config(config, model_name),
-        datasets={"train": _dataset(tree.records(train_idx), config.train_decode_size), "val": _dataset(tree.records(val_idx), config.inference_size)},
+        datasets=datasets,
     )
     logger.info("Training %s for up to %d epochs on %d worker(s), %s", model_name, epochs, config.num_workers, "GPU" if use_gpu else "CPU")
     result = trainer.fit()
@@ -345,6 +363,7 @@ def train_model(
             "class_weights": class_weights,
             "epochs_run": len(history),
             "use_gpu": use_gpu,
+            "decoded_once": decoded_once,
             "resumed_after_epochs": latest["resumed_after"],
         },
         metrics={"kept_epoch": kept["epoch"], **{k: v for k, v in kept_metrics.items() if k != "epoch"}},
@@ -432,6 +451,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
+    parser.add_argument("--cache-decoded", action=argparse.BooleanOptionalAction, default=None, help="decode the photos once and keep them in Ray's object store for every epoch (default: when they take at most a quarter of it)")
     parser.add_argument("--weights", help="file with the backbone's ImageNet weights (torchvision's mobilenet_v2 .pth)")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None, help="random init (no ImageNet weights)")
     parser.add_argument("--max-failures", type=int, help="worker/node failures to recover from (default 0)")
@@ -458,6 +478,7 @@ def config_from_args(args) -> TrainConfig:
         num_workers=args.num_workers,
         cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.use_gpu,
+        cache_decoded=args.cache_decoded,
         weights=args.weights,
         pretrained=args.pretrained,
         max_failures=args.max_failures,

@@ -5,8 +5,9 @@ batch size and epochs, in one script.
 
 The plain loop decodes each photo with the same function (animals10.imaging.load_array) in the
 training process, then runs the same training step (animals10.engine.train_one_epoch). Ray Train
-decodes in Ray Data tasks beside the training worker. Images per second are those of the epochs
-after the first (steady state), and of the whole run.
+decodes in Ray Data tasks beside the training worker: again each epoch, or once before the first
+(`cache_decoded`). Images per second are those of the epochs after the first (steady state), and of
+the whole run; seconds are the whole `train_models` call, decoding once included.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from animals10.data import read_labelled_tree, split_indices
 from animals10.engine import train_one_epoch
 from animals10.imaging import load_array
 from animals10.models import create_model
-from animals10.train import train_models
+from animals10.train import init_ray, train_models
 from animals10.transforms import Augmentation, Preprocessing
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
@@ -58,14 +59,17 @@ def plain_loop(data: str, model_name: str, image_size: int, batch_size: int, epo
     return rates
 
 
-def ray_train(data: str, model_name: str, image_size: int, batch_size: int, epochs: int, num_workers: int, cpus_per_worker: int) -> list[float]:
+def ray_train(
+    data: str, model_name: str, image_size: int, batch_size: int, epochs: int, num_workers: int, cpus_per_worker: int, cache_decoded: bool
+) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as output:
         config = TrainConfig(
             data=data, output=output, models=(model_name,), epochs=epochs, image_size=image_size, batch_size=batch_size,
-            num_workers=num_workers, cpus_per_worker=cpus_per_worker, early_stopping_patience=epochs,
+            num_workers=num_workers, cpus_per_worker=cpus_per_worker, early_stopping_patience=epochs, cache_decoded=cache_decoded,
         )  # fmt: skip
+        start = time.perf_counter()
         [trained] = train_models(config)
-    return [h["images_per_second"] for h in trained.history]
+    return [h["images_per_second"] for h in trained.history], time.perf_counter() - start
 
 
 def main() -> None:
@@ -79,18 +83,23 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     threads = 2
-    results = {
-        f"plain PyTorch loop, {threads} threads": plain_loop(args.data, args.model, args.image_size, args.batch_size, args.epochs, threads),
-        "Ray Train, 1 worker x 2 CPUs": ray_train(args.data, args.model, args.image_size, args.batch_size, args.epochs, 1, 2),
-        "Ray Train, 2 workers x 1 CPU (DDP)": ray_train(args.data, args.model, args.image_size, args.batch_size, args.epochs, 2, 1),
-    }
-    baseline = np.mean(next(iter(results.values()))[1:])
+    init_ray(min_cpus=3)  # before any timed run, as a cluster is up before users train; 2 CPUs of workers + 1 to decode
+    start = time.perf_counter()
+    plain = plain_loop(args.data, args.model, args.image_size, args.batch_size, args.epochs, threads)
+    results = {f"plain PyTorch loop, {threads} threads": (plain, time.perf_counter() - start)}
+    shape = (args.data, args.model, args.image_size, args.batch_size, args.epochs)
+    for workers, cpus in ((1, 2), (2, 1)):
+        for cache in (False, True):
+            name = f"Ray Train, {workers} worker(s) x {cpus} CPU, " + ("decoded once" if cache else "decoded each epoch")
+            results[name] = ray_train(*shape, workers, cpus, cache)
+    baseline = np.mean(plain[1:])
     print(f"\n{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs on {args.data}")
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}")
-    print(f"{'run':<40} {'steady images/s':>16} {'all epochs':>11} {'vs plain':>9}")
-    for name, rates in results.items():
+    print("| run | steady images/s | all epochs | vs plain loop | whole run, s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, (rates, seconds) in results.items():
         steady = float(np.mean(rates[1:]))
-        print(f"{name:<40} {steady:>16.1f} {float(np.mean(rates)):>11.1f} {steady / baseline:>8.2f}x")
+        print(f"| {name} | {steady:.1f} | {float(np.mean(rates)):.1f} | {steady / baseline:.2f}x | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

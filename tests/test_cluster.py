@@ -139,6 +139,7 @@ def test_training_survives_a_lost_worker(scenario, tmp_path):
     card = json.loads((Path(result["artifact"]) / "model_card.json").read_text())
     resumed = card["training"]["resumed_after_epochs"]
     assert resumed and all(1 <= epoch < 8 for epoch in resumed)  # continued, did not start over
+    assert card["training"]["decoded_once"]  # photos decoded once and kept in the object store, a lost node's share too
     assert (Path(result["artifact"]) / "model.safetensors").stat().st_size > 100_000
 
 

@@ -65,10 +65,12 @@ def test_command_line_builds_the_recipe_with_its_changes():
     config = config_from_args(parser.parse_args(["--data", "d", "--mixup", "0.2", "--trivial-augment", "--batch-size", "8"]))
     cnn = config.for_model("custom_cnn")
     assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
-    assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best"
-    changed = config_from_args(parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm", "--no-imagenet-head"]))
+    assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best" and cnn.cache_decoded is None
+    changed = config_from_args(
+        parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm", "--no-imagenet-head", "--no-cache-decoded"])
+    )
     transfer = changed.for_model("efficientnet_lite0")
-    assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head) == ("best_val_loss", False, False)
+    assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head, transfer.cache_decoded) == ("best_val_loss", False, False, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--cutmix", "-1"])
 
