@@ -72,15 +72,20 @@ def accuracy(linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float
     return float((linear(x).argmax(1) == y).float().mean())
 
 
+@torch.no_grad()
+def for_standardised_features(head: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """`head` (on raw features) as a classifier of features standardised with `mean` and `std`: the same logits."""
+    linear = torch.nn.Linear(head.in_features, head.out_features)
+    linear.weight.copy_(head.weight * std)
+    linear.bias.copy_(head.bias + head.weight @ mean)
+    return linear
+
+
 def imagenet_prior(class_names: list[str], mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
     """The head that `--imagenet-head` starts fine-tuning from (built from ImageNet's classifier), for
-    features standardised with `mean` and `std`: the same logits as on the raw features."""
+    features standardised with `mean` and `std`."""
     head = create_model("efficientnet_lite0", len(class_names), pretrained=True, head_classes=class_names).head[-1]
-    prior = torch.nn.Linear(head.in_features, head.out_features)
-    with torch.no_grad():
-        prior.weight.copy_(head.weight * std)
-        prior.bias.copy_(head.bias + head.weight @ mean)
-    return prior
+    return for_standardised_features(head, mean, std)
 
 
 def main() -> None:

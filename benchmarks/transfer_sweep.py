@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from linear_probe import fit_logistic
+from linear_probe import accuracy, fit_logistic, for_standardised_features
 
 from animals10.config import STRONG_AUGMENTATION
 from animals10.data import load_photo, read_labelled_tree, split_indices
@@ -44,11 +44,8 @@ def converge_head(model: torch.nn.Module, photos: torch.Tensor, labels: torch.Te
     x = torch.cat([model.backbone(to_model_input(chunk, preprocessing)) for chunk in photos.split(32)])
     mean, std = x.mean(0), x.std(0) + 1e-6
     head = model.head[-1]
-    prior = torch.nn.Linear(head.in_features, head.out_features)
-    prior.weight.copy_(head.weight * std)
-    prior.bias.copy_(head.bias + head.weight @ mean)
     with torch.enable_grad():
-        probe = fit_logistic((x - mean) / std, labels, head.out_features, l2, prior)
+        probe = fit_logistic((x - mean) / std, labels, head.out_features, l2, for_standardised_features(head, mean, std))
     head.weight.copy_(probe.weight / std)
     head.bias.copy_(probe.bias - (probe.weight / std) @ mean)
 
@@ -101,8 +98,7 @@ def train_and_validate(
     model.freeze_backbone()
     if args.lp_ft is not None:
         converge_head(model, train_photos, train_labels, preprocessing, args.lp_ft)
-        with torch.no_grad():
-            print(f"  converged probe: accuracy {float((model(val_x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
+        print(f"  converged probe: accuracy {accuracy(model, val_x, val_labels):.1%}", flush=True)
     run_phase(args.head_epochs, args.head_lr)
     head_only = {k: v.clone() for k, v in model.state_dict().items()} if args.interpolate else None
     model.unfreeze_top(args.unfreeze)
@@ -114,18 +110,15 @@ def train_and_validate(
         fine_tuned = model.state_dict()
         model.load_state_dict({k: (v + fine_tuned[k]) / 2 if v.is_floating_point() else fine_tuned[k] for k, v in head_only.items()})
         model.eval()
-        with torch.no_grad():
-            accuracy = float((model(val_x).argmax(1) == val_labels).float().mean())
-        print(f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy:.1%}", flush=True)
+        print(f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy(model, val_x, val_labels):.1%}", flush=True)
     if held_out is not None:
         other_photos, other_labels = held_out
         with torch.no_grad():
             predicted = torch.cat([model(to_model_input(torch.from_numpy(chunk), preprocessing)).argmax(1) for chunk in np.array_split(other_photos, 16)])
         print(f"  held-out photos: {float((predicted == torch.from_numpy(other_labels)).float().mean()):.1%}", flush=True)
     for size, decoded in (test_photos or {}).items():
-        with torch.no_grad():
-            x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size, spec.mean, spec.std))
-            print(f"  tested at {size} px: {float((model(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
+        x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size, spec.mean, spec.std))
+        print(f"  tested at {size} px: {accuracy(model, x, val_labels):.1%}", flush=True)
     return history
 
 
