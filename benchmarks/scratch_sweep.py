@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
         [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
-        [--seeds 1 2 3]
+        [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -66,6 +66,51 @@ def with_recalibrated_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torc
     return recalibrated.eval()
 
 
+def random_erase(x: torch.Tensor, probability: float) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020): with `probability`, a box of 2-33% of each photo's area, aspect
+    ratio 0.3-3.3, is filled with noise. (B, 3, H, W) normalised inputs."""
+    height, width = x.shape[-2:]
+    x = x.clone()
+    for image in x:
+        if torch.rand(()) >= probability:
+            continue
+        for _ in range(10):
+            area = height * width * float(torch.empty(()).uniform_(0.02, 0.33))
+            ratio = math.exp(float(torch.empty(()).uniform_(math.log(0.3), math.log(3.3))))
+            box_h, box_w = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+            if box_h < height and box_w < width:
+                top, left = int(torch.randint(height - box_h + 1, ())), int(torch.randint(width - box_w + 1, ()))
+                image[:, top:top + box_h, left:left + box_w] = torch.rand(3, box_h, box_w)
+                break
+    return x
+
+
+class BlurPool(torch.nn.Module):
+    """Max-pooling made shift-invariant: a dense 2x2 max, then a [1 2 1] blur subsampled by two (Zhang 2019)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        kernel = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(kernel, kernel) / 16
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, stride=2, groups=self.channels)
+
+
+def make_blurpool(model: torch.nn.Module) -> torch.nn.Module:
+    """The custom CNN with each max-pooling layer replaced by a BlurPool of its channels."""
+    channels = 3
+    for name, module in model.features.named_children():
+        if isinstance(module, torch.nn.Conv2d):
+            channels = module.out_channels
+        if isinstance(module, torch.nn.MaxPool2d):
+            model.features[int(name)] = BlurPool(channels)
+    return model
+
+
 def train_and_validate(
     photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None
 ) -> list[float]:
@@ -75,6 +120,8 @@ def train_and_validate(
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
+    if args.blurpool:
+        model = make_blurpool(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / args.batch)
     total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
@@ -100,6 +147,8 @@ def train_and_validate(
         for start in range(0, len(order), args.batch):
             batch = order[start:start + args.batch]
             x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
+            if args.erase:
+                x = random_erase(x, args.erase)
             if augmentation.mixes:
                 x, targets = mix_batch(x, targets, num_classes, augmentation)
             optimizer.zero_grad(set_to_none=True)
@@ -152,6 +201,8 @@ def main() -> None:
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
     parser.add_argument("--sam", type=float, default=0.0, help="sharpness-aware minimisation with this radius (0: off)")
     parser.add_argument("--recalibrate-bn", action="store_true", help="also score with BatchNorm statistics recomputed on the training photos at each test size")
+    parser.add_argument("--erase", type=float, default=0.0, help="random erasing with this probability per photo (0: off)")
+    parser.add_argument("--blurpool", action="store_true", help="anti-aliased max-pooling (max, then blur and subsample)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
