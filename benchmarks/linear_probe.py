@@ -68,8 +68,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
 
 
 @torch.no_grad()
-def accuracy(linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((linear(x).argmax(1) == y).float().mean())
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(1) == y).float().mean())
 
 
 @torch.no_grad()
