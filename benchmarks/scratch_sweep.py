@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
         [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
-        [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--seeds 1 2 3]
+        [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
+        [--distill 0.5] [--distill-temperature 2] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -100,12 +101,29 @@ def make_blurpool(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((scores.argmax(1) == labels).float().mean())
+
+
+@torch.no_grad()
+def score_with_tta(model: torch.nn.Module, test_photos: dict, sizes: list[int], val_idx, val_labels: torch.Tensor) -> str:
+    """Accuracy with class probabilities averaged over the input `sizes`, without and with horizontal flips."""
+    probabilities, flipped = 0, 0
+    for size in sizes:
+        x = to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))
+        probabilities = probabilities + model(x).softmax(1)
+        flipped = flipped + model(x).softmax(1) + model(x.flip(3)).softmax(1)
+    return f"sizes {'+'.join(map(str, sizes))} averaged: {accuracy(probabilities, val_labels):.1%}, with flips {accuracy(flipped, val_labels):.1%}"
+
+
 def train_and_validate(
-    photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None
-) -> list[float]:
+    photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None,
+    teacher: torch.nn.Module | None = None,
+) -> tuple[list[float], torch.nn.Module]:
     """Trains one model on `train_idx` of `train_source` (the photos, or the same decoded larger); returns the
-    validation accuracy on `photos` after each epoch. `test_photos` (size -> the photos decoded at that size):
-    the final model is also scored on the validation photos at those input sizes."""
+    validation accuracy on `photos` after each epoch, and the model. `test_photos` (size -> the photos decoded at
+    that size): the final model is also scored on the validation photos at `args.test_sizes`. With `teacher`, the
+    loss also matches the teacher's softened probabilities on the same augmented batch (knowledge distillation)."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
@@ -129,8 +147,9 @@ def train_and_validate(
     val_x = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing)
     val_labels = torch.from_numpy(labels[val_idx])
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    averages = {start: torch.optim.swa_utils.AveragedModel(model) for start in args.average_from}
     accuracies, ema_accuracies = [], []
-    for _ in range(args.epochs):
+    for epoch in range(1, args.epochs + 1):
         model.train()
         order = torch.randperm(len(train_idx))
         for start in range(0, len(order), args.batch):
@@ -141,7 +160,14 @@ def train_and_validate(
             if augmentation.mixes:
                 x, targets = mix_batch(x, targets, num_classes, augmentation)
             optimizer.zero_grad(set_to_none=True)
-            loss_of(model(x), targets, args).backward()
+            logits = model(x)
+            loss = loss_of(logits, targets, args)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft_targets = (teacher(x) / args.distill_temperature).softmax(1)
+                distillation = F.kl_div((logits / args.distill_temperature).log_softmax(1), soft_targets, reduction="batchmean")
+                loss = (1 - args.distill) * loss + args.distill * args.distill_temperature**2 * distillation
+            loss.backward()
             if args.sam:
                 sharpness_aware_gradient(model, x, targets, args)
             optimizer.step()
@@ -150,20 +176,35 @@ def train_and_validate(
                 ema.update_parameters(model)
         model.eval()
         with torch.no_grad():
-            accuracies.append(float((model(val_x).argmax(1) == val_labels).float().mean()))
+            accuracies.append(accuracy(model(val_x), val_labels))
             if ema is not None:
                 ema.eval()
-                ema_accuracies.append(float((ema(val_x).argmax(1) == val_labels).float().mean()))
-    for size, decoded in (test_photos or {}).items():
+                ema_accuracies.append(accuracy(ema(val_x), val_labels))
+        for start, average in averages.items():
+            if epoch >= start:
+                average.update_parameters(model)
+    for size in args.test_sizes:
         with torch.no_grad():
-            x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size))
-            print(f"  tested at {size} px: {float((model(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
+            x = to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))
+            print(f"  tested at {size} px: {accuracy(model(x), val_labels):.1%}", flush=True)
             if args.recalibrate_bn:
-                recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(decoded[train_idx]), Preprocessing(size)))
-                print(f"  tested at {size} px, BatchNorm recalibrated: {float((recalibrated(x).argmax(1) == val_labels).float().mean()):.1%}", flush=True)
+                recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size)))
+                print(f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated(x), val_labels):.1%}", flush=True)
+    if args.tta_sizes:
+        print(f"  {score_with_tta(model, test_photos, args.tta_sizes, val_idx, val_labels)}", flush=True)
+    for start, average in averages.items():
+        # BatchNorm statistics for the averaged weights: one pass over augmented training batches
+        batches = [to_model_input(train_photos[order[i:i + args.batch]], preprocessing, augmentation) for i in range(0, len(order), args.batch)]
+        torch.optim.swa_utils.update_bn(batches, average)
+        average.eval()
+        with torch.no_grad():
+            scores = [f"{size} px {accuracy(average(to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))), val_labels):.1%}" for size in args.test_sizes]
+        print(f"  weights averaged from epoch {start}: " + ", ".join(scores), flush=True)
+        if args.tta_sizes:
+            print(f"  weights averaged from epoch {start}, {score_with_tta(average, test_photos, args.tta_sizes, val_idx, val_labels)}", flush=True)
     if ema is not None:
         print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
-    return accuracies
+    return accuracies, model
 
 
 def main() -> None:
@@ -192,6 +233,10 @@ def main() -> None:
     parser.add_argument("--recalibrate-bn", action="store_true", help="also score with BatchNorm statistics recomputed on the training photos at each test size")
     parser.add_argument("--erase", type=float, default=0.0, help="random erasing with this probability per photo (0: off)")
     parser.add_argument("--blurpool", action="store_true", help="anti-aliased max-pooling (max, then blur and subsample)")
+    parser.add_argument("--average-from", nargs="+", type=int, default=[], help="also score the average of the weights at the end of each epoch from this one on")
+    parser.add_argument("--tta-sizes", nargs="+", type=int, default=[], help="also score with probabilities averaged over these input sizes")
+    parser.add_argument("--distill", type=float, default=0.0, help="then train a student on this share of distillation loss from the model (born-again; 0: off)")
+    parser.add_argument("--distill-temperature", type=float, default=2.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -199,13 +244,16 @@ def main() -> None:
     tree = read_labelled_tree(args.data)
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
     train_source = np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
-    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in args.test_sizes}
+    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in {*args.test_sizes, *args.tta_sizes}}
     labels = np.asarray(tree.labels, dtype=np.int64)
     finals, bests = [], []
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
-        accuracies = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos)
+        accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos)
+        if args.distill:
+            print(f"  teacher: last epoch {accuracies[-1]:.1%}; a student of the same design learns from it", flush=True)
+            accuracies, _ = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval())
         finals.append(accuracies[-1])
         bests.append(max(accuracies))
         print(f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s", flush=True)
