@@ -4,7 +4,8 @@
         [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
-        [--distill 0.5] [--distill-temperature 2] [--seeds 1 2 3]
+        [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
+        [--fixres-crop 0.8] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -19,6 +20,7 @@ import argparse
 import copy
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +206,31 @@ def train_and_validate(
             print(f"  weights averaged from epoch {start}, {score_with_tta(average, test_photos, args.tta_sizes, val_idx, val_labels)}", flush=True)
     if ema is not None:
         print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
+    for size in args.fixres:
+        tuned = fine_tune_at(copy.deepcopy(model), size, train_photos, train_labels, replace(augmentation, crop_scale=(args.fixres_crop, 1.0)), args)
+        with torch.no_grad():
+            x = to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))
+            print(f"  fine-tuned {args.fixres_epochs} epochs at {size} px, crops from {args.fixres_crop:.0%}: {accuracy(tuned(x), val_labels):.1%}", flush=True)
     return accuracies, model
+
+
+def fine_tune_at(model: torch.nn.Module, size: int, train_photos: torch.Tensor, train_labels: torch.Tensor, augmentation: Augmentation, args) -> torch.nn.Module:
+    """A trained model fine-tuned at its test size with milder crops, the rate decaying from `args.fixres_lr`
+    to zero (FixRes, Touvron et al. 2019: train and test then see animals at the same scale)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.fixres_lr, weight_decay=args.weight_decay)
+    steps = args.fixres_epochs * math.ceil(len(train_labels) / args.batch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    preprocessing = Preprocessing(size)
+    model.train()
+    for _ in range(args.fixres_epochs):
+        order = torch.randperm(len(train_labels))
+        for start in range(0, len(order), args.batch):
+            batch = order[start:start + args.batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(model(to_model_input(train_photos[batch], preprocessing, augmentation)), train_labels[batch], args).backward()
+            optimizer.step()
+            scheduler.step()
+    return model.eval()
 
 
 def main() -> None:
@@ -237,6 +263,10 @@ def main() -> None:
     parser.add_argument("--tta-sizes", nargs="+", type=int, default=[], help="also score with probabilities averaged over these input sizes")
     parser.add_argument("--distill", type=float, default=0.0, help="then train a student on this share of distillation loss from the model (born-again; 0: off)")
     parser.add_argument("--distill-temperature", type=float, default=2.0)
+    parser.add_argument("--fixres", nargs="+", type=int, default=[], help="also score the model fine-tuned at each of these sizes")
+    parser.add_argument("--fixres-epochs", type=int, default=10)
+    parser.add_argument("--fixres-lr", type=float, default=1e-4)
+    parser.add_argument("--fixres-crop", type=float, default=0.8, help="smallest share of the area a crop keeps while fine-tuning")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -244,7 +274,7 @@ def main() -> None:
     tree = read_labelled_tree(args.data)
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
     train_source = np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
-    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in {*args.test_sizes, *args.tta_sizes}}
+    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in {*args.test_sizes, *args.tta_sizes, *args.fixres}}
     labels = np.asarray(tree.labels, dtype=np.int64)
     finals, bests = [], []
     for seed in args.seeds:
