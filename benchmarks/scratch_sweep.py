@@ -5,7 +5,7 @@
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
-        [--fixres-crop 0.8] [--seeds 1 2 3]
+        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -103,6 +103,30 @@ def make_blurpool(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+class ConcatPool(torch.nn.Module):
+    """Global average and global max pooling side by side: twice the channels for the head."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], dim=1)
+
+
+def with_head_changes(model: torch.nn.Module, args) -> torch.nn.Module:
+    """The custom CNN with concatenated average and max pooling (`--concat-pool`) and/or channel dropout
+    after each block (`--spatial-dropout`)."""
+    if args.concat_pool:
+        model.pool = ConcatPool()
+        first = model.classifier[1]
+        model.classifier[1] = torch.nn.Linear(2 * first.in_features, first.out_features)
+    if args.spatial_dropout:
+        blocks = []
+        for module in model.features:
+            blocks.append(module)
+            if isinstance(module, torch.nn.MaxPool2d):
+                blocks.append(torch.nn.Dropout2d(args.spatial_dropout))
+        model.features = torch.nn.Sequential(*blocks)
+    return model
+
+
 def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(1) == labels).float().mean())
 
@@ -131,6 +155,7 @@ def train_and_validate(
     model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
     if args.blurpool:
         model = make_blurpool(model)
+    model = with_head_changes(model, args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / args.batch)
     total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
@@ -267,6 +292,8 @@ def main() -> None:
     parser.add_argument("--fixres-epochs", type=int, default=10)
     parser.add_argument("--fixres-lr", type=float, default=1e-4)
     parser.add_argument("--fixres-crop", type=float, default=0.8, help="smallest share of the area a crop keeps while fine-tuning")
+    parser.add_argument("--concat-pool", action="store_true", help="global average and max pooling, concatenated")
+    parser.add_argument("--spatial-dropout", type=float, default=0.0, help="drop whole channels after each block with this probability")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
