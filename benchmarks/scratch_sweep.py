@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from linear_probe import accuracy
 from torchvision.transforms import v2
 
 from animals10.data import load_photo, read_labelled_tree, split_indices
@@ -127,19 +128,15 @@ def with_head_changes(model: torch.nn.Module, args) -> torch.nn.Module:
     return model
 
 
-def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((scores.argmax(1) == labels).float().mean())
-
-
 @torch.no_grad()
-def score_with_tta(model: torch.nn.Module, test_photos: dict, sizes: list[int], val_idx, val_labels: torch.Tensor) -> str:
+def score_with_tta(model: torch.nn.Module, val_inputs: dict, sizes: list[int], val_labels: torch.Tensor) -> str:
     """Accuracy with class probabilities averaged over the input `sizes`, without and with horizontal flips."""
-    probabilities, flipped = 0, 0
+    probabilities, mirrored = 0, 0
     for size in sizes:
-        x = to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))
-        probabilities = probabilities + model(x).softmax(1)
-        flipped = flipped + model(x).softmax(1) + model(x.flip(3)).softmax(1)
-    return f"sizes {'+'.join(map(str, sizes))} averaged: {accuracy(probabilities, val_labels):.1%}, with flips {accuracy(flipped, val_labels):.1%}"
+        probabilities = probabilities + model(val_inputs[size]).softmax(1)
+        mirrored = mirrored + model(val_inputs[size].flip(3)).softmax(1)
+    scores = [accuracy(torch.nn.Identity(), p, val_labels) for p in (probabilities, probabilities + mirrored)]
+    return f"sizes {'+'.join(map(str, sizes))} averaged: {scores[0]:.1%}, with flips {scores[1]:.1%}"
 
 
 def train_and_validate(
@@ -173,6 +170,7 @@ def train_and_validate(
     train_photos, train_labels = torch.from_numpy(train_source[train_idx]), torch.from_numpy(labels[train_idx])
     val_x = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing)
     val_labels = torch.from_numpy(labels[val_idx])
+    val_inputs = {size: to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size)) for size, decoded in (test_photos or {}).items()}
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
     averages = {start: torch.optim.swa_utils.AveragedModel(model) for start in args.average_from}
     accuracies, ema_accuracies = [], []
@@ -203,39 +201,34 @@ def train_and_validate(
                 ema.update_parameters(model)
         model.eval()
         with torch.no_grad():
-            accuracies.append(accuracy(model(val_x), val_labels))
+            accuracies.append(accuracy(model, val_x, val_labels))
             if ema is not None:
                 ema.eval()
-                ema_accuracies.append(accuracy(ema(val_x), val_labels))
+                ema_accuracies.append(accuracy(ema, val_x, val_labels))
         for start, average in averages.items():
             if epoch >= start:
                 average.update_parameters(model)
     for size in args.test_sizes:
-        with torch.no_grad():
-            x = to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))
-            print(f"  tested at {size} px: {accuracy(model(x), val_labels):.1%}", flush=True)
-            if args.recalibrate_bn:
-                recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size)))
-                print(f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated(x), val_labels):.1%}", flush=True)
+        print(f"  tested at {size} px: {accuracy(model, val_inputs[size], val_labels):.1%}", flush=True)
+        if args.recalibrate_bn:
+            recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size)))
+            print(f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated, val_inputs[size], val_labels):.1%}", flush=True)
     if args.tta_sizes:
-        print(f"  {score_with_tta(model, test_photos, args.tta_sizes, val_idx, val_labels)}", flush=True)
+        print(f"  {score_with_tta(model, val_inputs, args.tta_sizes, val_labels)}", flush=True)
     for start, average in averages.items():
         # BatchNorm statistics for the averaged weights: one pass over augmented training batches
         batches = [to_model_input(train_photos[order[i:i + args.batch]], preprocessing, augmentation) for i in range(0, len(order), args.batch)]
         torch.optim.swa_utils.update_bn(batches, average)
         average.eval()
-        with torch.no_grad():
-            scores = [f"{size} px {accuracy(average(to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))), val_labels):.1%}" for size in args.test_sizes]
+        scores = [f"{size} px {accuracy(average, val_inputs[size], val_labels):.1%}" for size in args.test_sizes]
         print(f"  weights averaged from epoch {start}: " + ", ".join(scores), flush=True)
         if args.tta_sizes:
-            print(f"  weights averaged from epoch {start}, {score_with_tta(average, test_photos, args.tta_sizes, val_idx, val_labels)}", flush=True)
+            print(f"  weights averaged from epoch {start}, {score_with_tta(average, val_inputs, args.tta_sizes, val_labels)}", flush=True)
     if ema is not None:
         print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
     for size in args.fixres:
         tuned = fine_tune_at(copy.deepcopy(model), size, train_photos, train_labels, replace(augmentation, crop_scale=(args.fixres_crop, 1.0)), args)
-        with torch.no_grad():
-            x = to_model_input(torch.from_numpy(test_photos[size][val_idx]), Preprocessing(size))
-            print(f"  fine-tuned {args.fixres_epochs} epochs at {size} px, crops from {args.fixres_crop:.0%}: {accuracy(tuned(x), val_labels):.1%}", flush=True)
+        print(f"  fine-tuned {args.fixres_epochs} epochs at {size} px, crops from {args.fixres_crop:.0%}: {accuracy(tuned, val_inputs[size], val_labels):.1%}", flush=True)
     return accuracies, model
 
 
