@@ -5,7 +5,7 @@
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
-        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--seeds 1 2 3]
+        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--rotation-labels] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -128,6 +128,27 @@ def with_head_changes(model: torch.nn.Module, args) -> torch.nn.Module:
     return model
 
 
+def rotated(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each photo four times, turned by 0, 90, 180 and 270 degrees, labelled with (class, turn) pairs: class * 4 + turn."""
+    return torch.cat([torch.rot90(x, turn, (2, 3)) for turn in range(4)]), torch.cat([targets * 4 + turn for turn in range(4)])
+
+
+class RotationLabels(torch.nn.Module):
+    """Self-supervised label augmentation (Lee et al. 2020): `network` learns one label per (class, turn) pair
+    (`rotated`). Evaluated, it returns class logits: those for the upright photo only (`turns=1`), or their
+    average over the four turned copies, each read at its own turn (`turns=4`)."""
+
+    def __init__(self, network: torch.nn.Module, turns: int = 4):
+        super().__init__()
+        self.network, self.turns = network, turns
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.network(x)
+        views = [self.network(torch.rot90(x, turn, (2, 3))).unflatten(1, (-1, 4))[:, :, turn] for turn in range(self.turns)]
+        return torch.stack(views).mean(0)
+
+
 @torch.no_grad()
 def score_with_tta(model: torch.nn.Module, val_inputs: dict, sizes: list[int], val_labels: torch.Tensor) -> str:
     """Accuracy with class probabilities averaged over the input `sizes`, without and with horizontal flips."""
@@ -149,10 +170,13 @@ def train_and_validate(
     loss also matches the teacher's softened probabilities on the same augmented batch (knowledge distillation)."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
-    model = create_model("custom_cnn", num_classes, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
+    outputs = num_classes * 4 if args.rotation_labels else num_classes
+    model = create_model("custom_cnn", outputs, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
     if args.blurpool:
         model = make_blurpool(model)
     model = with_head_changes(model, args)
+    if args.rotation_labels:
+        model = RotationLabels(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_idx) / args.batch)
     total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
@@ -184,6 +208,8 @@ def train_and_validate(
                 x = random_erase(x, args.erase)
             if augmentation.mixes:
                 x, targets = mix_batch(x, targets, num_classes, augmentation)
+            if args.rotation_labels:
+                x, targets = rotated(x, targets)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_of(logits, targets, args)
@@ -210,6 +236,8 @@ def train_and_validate(
                 average.update_parameters(model)
     for size in args.test_sizes:
         print(f"  tested at {size} px: {accuracy(model, val_inputs[size], val_labels):.1%}", flush=True)
+        if args.rotation_labels:
+            print(f"  tested at {size} px, upright only: {accuracy(RotationLabels(model.network, turns=1).eval(), val_inputs[size], val_labels):.1%}", flush=True)
         if args.recalibrate_bn:
             recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size)))
             print(f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated, val_inputs[size], val_labels):.1%}", flush=True)
@@ -287,6 +315,7 @@ def main() -> None:
     parser.add_argument("--fixres-crop", type=float, default=0.8, help="smallest share of the area a crop keeps while fine-tuning")
     parser.add_argument("--concat-pool", action="store_true", help="global average and max pooling, concatenated")
     parser.add_argument("--spatial-dropout", type=float, default=0.0, help="drop whole channels after each block with this probability")
+    parser.add_argument("--rotation-labels", action="store_true", help="learn (class, quarter turn) pairs on four turned copies of each photo (Lee et al. 2020)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
