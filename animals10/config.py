@@ -66,6 +66,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"Unknown keep '{self.keep}'; choose one of: {', '.join(KEEP_CHOICES)}.")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be above 0 and below 1 (validation needs photos, and so does training), not {self.val_fraction}.")
         for name, size in (("augment_size", self.augment_size), ("test_size", self.test_size)):
             if size is not None and size < 1:
                 raise ValueError(f"{name} must be a positive number of pixels, not {size}.")

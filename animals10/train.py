@@ -429,6 +429,16 @@ def _alpha(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a share of the photos: give a number above 0 and below 1")
+    return value
+
+
 def add_train_arguments(parser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix")
@@ -455,6 +465,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--weights", help="file with the backbone's ImageNet weights (torchvision's mobilenet_v2 .pth)")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None, help="random init (no ImageNet weights)")
     parser.add_argument("--max-failures", type=int, help="worker/node failures to recover from (default 0)")
+    parser.add_argument("--val-fraction", type=_fraction, metavar="F", help=f"share of each class's photos held out for validation (default {defaults.val_fraction}); on a small set, less leaves more to train on")
     parser.add_argument("--seed", type=int, help="seed of the split and initialisation (default 42)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS, or $AWS_ENDPOINT_URL)")
 
@@ -483,6 +494,7 @@ def config_from_args(args) -> TrainConfig:
         pretrained=args.pretrained,
         max_failures=args.max_failures,
         seed=args.seed,
+        val_fraction=args.val_fraction,
         s3_endpoint=args.s3_endpoint,
     )
     return config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)

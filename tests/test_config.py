@@ -73,6 +73,12 @@ def test_command_line_builds_the_recipe_with_its_changes():
     assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head, transfer.cache_decoded) == ("best_val_loss", False, False, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--cutmix", "-1"])
+    assert config.val_fraction == 0.2 and config_from_args(parser.parse_args(["--data", "d", "--val-fraction", "0.1"])).val_fraction == 0.1
+    for share in ("0", "1", "ten"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--data", "d", "--val-fraction", share])
+    with pytest.raises(ValueError, match="val_fraction must be above 0 and below 1"):
+        recipe_config("best", val_fraction=0.0)
 
 
 def test_residual_custom_cnn_trains():
