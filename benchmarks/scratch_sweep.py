@@ -5,7 +5,7 @@
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
-        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--rotation-labels] [--seeds 1 2 3]
+        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--rotation-labels] [--train-share 0.5] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -316,6 +316,7 @@ def main() -> None:
     parser.add_argument("--concat-pool", action="store_true", help="global average and max pooling, concatenated")
     parser.add_argument("--spatial-dropout", type=float, default=0.0, help="drop whole channels after each block with this probability")
     parser.add_argument("--rotation-labels", action="store_true", help="learn (class, quarter turn) pairs on four turned copies of each photo (Lee et al. 2020)")
+    parser.add_argument("--train-share", type=float, default=1.0, help="train on this share of each class's training photos (a learning curve)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -329,6 +330,10 @@ def main() -> None:
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
+        if args.train_share < 1:  # the same validation photos, fewer training photos of every class
+            rng = np.random.default_rng(seed)
+            by_class = [rng.permutation([i for i in train_idx if labels[i] == label]) for label in range(int(labels.max()) + 1)]
+            train_idx = sorted(int(i) for members in by_class for i in members[: round(len(members) * args.train_share)])
         accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos)
         if args.distill:
             print(f"  teacher: last epoch {accuracies[-1]:.1%}; a student of the same design learns from it", flush=True)
