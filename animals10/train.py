@@ -419,24 +419,23 @@ def comparison_table(models: list[TrainedModel]) -> str:
 # --- command line ----------------------------------------------------------------------------------
 
 
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
-    return value
+def _number(valid, wanted: str):
+    """An argparse type: a number for which `valid` holds, else a usage error that says what is `wanted`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan  # fails every check
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {wanted}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a share of the photos: give a number above 0 and below 1")
-    return value
+_alpha = _number(lambda v: v >= 0, "a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
+_fraction = _number(lambda v: 0 < v < 1, "a share of the photos: give a number above 0 and below 1")
 
 
 def add_train_arguments(parser) -> None:
