@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/accuracy.py [--data ../shared/data/animals10-sample/raw-img] \
         [--recipes study best] [--models custom_cnn efficientnet_lite0] [--seeds 1 2 3] [--epochs N] \
         [--image-size PX] [--test-size PX] [--fine-tune-lr LR] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA] \
-        [--held-out ../shared/data/bench-images]
+        [--widths 64 128 256 512] [--held-out ../shared/data/bench-images]
 
 Each run trains with Ray Train through the same function as jobs/train.py (animals10.train.train_models)
 on an 80/20 split drawn with one seed, and reports the validation accuracy, macro precision and macro
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
     parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
     parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
+    parser.add_argument("--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on")
     parser.add_argument("--results", default="accuracy_results.json", help="where the per-run figures go")
@@ -70,6 +71,8 @@ def main() -> None:
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
                         fine_tune_lr=args.fine_tune_lr,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
+                    if args.widths:
+                        config = replace(config, model_kwargs={"widths": tuple(args.widths)})
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start

@@ -5,7 +5,8 @@
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
-        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--rotation-labels] [--train-share 0.5] [--seeds 1 2 3]
+        [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--group-norm 8] \
+        [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -112,8 +113,15 @@ class ConcatPool(torch.nn.Module):
 
 
 def with_head_changes(model: torch.nn.Module, args) -> torch.nn.Module:
-    """The custom CNN with concatenated average and max pooling (`--concat-pool`) and/or channel dropout
-    after each block (`--spatial-dropout`)."""
+    """The custom CNN with concatenated average and max pooling (`--concat-pool`), channel dropout after each
+    block (`--spatial-dropout`), GroupNorm instead of BatchNorm (`--group-norm`) and/or a larger first
+    convolution (`--stem-kernel`)."""
+    for index, module in enumerate(model.features):
+        if args.group_norm and isinstance(module, torch.nn.BatchNorm2d):
+            model.features[index] = torch.nn.GroupNorm(min(args.group_norm, module.num_features), module.num_features)
+    stem = model.features[0]
+    if args.stem_kernel != stem.kernel_size[0]:
+        model.features[0] = torch.nn.Conv2d(stem.in_channels, stem.out_channels, args.stem_kernel, padding=args.stem_kernel // 2, bias=False)
     if args.concat_pool:
         model.pool = ConcatPool()
         first = model.classifier[1]
@@ -315,6 +323,8 @@ def main() -> None:
     parser.add_argument("--fixres-crop", type=float, default=0.8, help="smallest share of the area a crop keeps while fine-tuning")
     parser.add_argument("--concat-pool", action="store_true", help="global average and max pooling, concatenated")
     parser.add_argument("--spatial-dropout", type=float, default=0.0, help="drop whole channels after each block with this probability")
+    parser.add_argument("--group-norm", type=int, default=0, help="GroupNorm with this many groups instead of BatchNorm (0: BatchNorm)")
+    parser.add_argument("--stem-kernel", type=int, default=3, help="kernel size of the first convolution")
     parser.add_argument("--rotation-labels", action="store_true", help="learn (class, quarter turn) pairs on four turned copies of each photo (Lee et al. 2020)")
     parser.add_argument("--train-share", type=float, default=1.0, help="train on this share of each class's training photos (a learning curve)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
