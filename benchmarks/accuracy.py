@@ -69,10 +69,8 @@ def main() -> None:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
-                        fine_tune_lr=args.fine_tune_lr,
+                        fine_tune_lr=args.fine_tune_lr, model_kwargs={"widths": tuple(args.widths)} if args.widths else None,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
-                    if args.widths:
-                        config = replace(config, model_kwargs={"widths": tuple(args.widths)})
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start

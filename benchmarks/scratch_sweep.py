@@ -112,7 +112,7 @@ class ConcatPool(torch.nn.Module):
         return torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], dim=1)
 
 
-def with_head_changes(model: torch.nn.Module, args) -> torch.nn.Module:
+def with_network_changes(model: torch.nn.Module, args) -> torch.nn.Module:
     """The custom CNN with concatenated average and max pooling (`--concat-pool`), channel dropout after each
     block (`--spatial-dropout`), GroupNorm instead of BatchNorm (`--group-norm`) and/or a larger first
     convolution (`--stem-kernel`)."""
@@ -182,7 +182,7 @@ def train_and_validate(
     model = create_model("custom_cnn", outputs, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
     if args.blurpool:
         model = make_blurpool(model)
-    model = with_head_changes(model, args)
+    model = with_network_changes(model, args)
     if args.rotation_labels:
         model = RotationLabels(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
