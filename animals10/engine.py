@@ -54,9 +54,11 @@ def train_one_epoch(
     mixed_precision: bool = True,
     class_weights: torch.Tensor | None = None,
     num_classes: int | None = None,
+    copies: int = 1,
 ) -> EpochTotals:
-    """One pass over `batches`. With MixUp/CutMix (`num_classes` then required) the training accuracy
-    counts hits on each photo's own label, whatever share of it the mixing kept."""
+    """One pass over `batches`, each photo in `copies` differently augmented copies per step; the totals count
+    photos, and a photo's training answer is its first copy's. With MixUp/CutMix (`num_classes` then required)
+    the training accuracy counts hits on each photo's own label, whatever share of it the mixing kept."""
     totals = EpochTotals()
     start = time.perf_counter()
     model.train()
@@ -69,6 +71,9 @@ def train_one_epoch(
         if not len(labels):
             images = torch.zeros((1, *batch["image"].shape[1:]), dtype=torch.uint8, device=device)
             labels = torch.zeros(1, dtype=torch.int64, device=device)
+        photos = len(labels)
+        if copies > 1:  # batch augmentation: the same photos, augmented several ways, in one step
+            images, labels = images.repeat(copies, 1, 1, 1), labels.repeat(copies)
         x = to_model_input(images, preprocessing, augmentation)
         targets = labels
         if augmentation is not None and augmentation.mixes:
@@ -79,10 +84,10 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()
         optimizer.step()
-        if weight:
-            totals.loss_sum += loss.item() * len(labels)
-            totals.num_correct += int((logits.argmax(1) == labels).sum())
-            totals.num_images += len(labels)
+        if weight:  # per photo: its first copy's answer
+            totals.loss_sum += loss.item() * photos
+            totals.num_correct += int((logits[:photos].argmax(1) == labels[:photos]).sum())
+            totals.num_images += photos
     totals.seconds = time.perf_counter() - start
     return totals
 

@@ -194,7 +194,7 @@ def train_loop_per_worker(loop: dict) -> None:
         batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2)
         train_totals = train_one_epoch(
             model, batches, optimizer, train_preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"],
-            class_weights, len(class_names),
+            class_weights, len(class_names), loop["copies"],
         )
         _broadcast_buffers(model)
         val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
@@ -435,6 +435,7 @@ def _number(valid, wanted: str):
 
 
 _alpha = _number(lambda v: v >= 0, "a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
+_copies = _number(lambda v: v >= 1 and v == int(v), "a number of copies: give a whole number >= 1")
 _fraction = _number(lambda v: 0 < v < 1, "a share of the photos: give a number above 0 and below 1")
 
 
@@ -457,6 +458,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None, help="TrivialAugment: one random operation per photo")
     parser.add_argument("--mixup", type=_alpha, metavar="ALPHA", help="MixUp with this Beta(alpha, alpha) (0: off)")
     parser.add_argument("--cutmix", type=_alpha, metavar="ALPHA", help="CutMix with this Beta(alpha, alpha) (0: off)")
+    parser.add_argument("--copies", type=_copies, metavar="N", help="train on each photo of a batch in N differently augmented copies (default: the recipe's; 1: once)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
@@ -495,6 +497,7 @@ def config_from_args(args) -> TrainConfig:
         seed=args.seed,
         val_fraction=args.val_fraction,
         s3_endpoint=args.s3_endpoint,
+        copies=None if args.copies is None else int(args.copies),
     )
     return config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
 

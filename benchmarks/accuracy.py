@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
     parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
     parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
+    parser.add_argument("--copies", type=int, help="train on each photo of a batch in this many augmented copies")
     parser.add_argument("--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on")
@@ -69,7 +70,7 @@ def main() -> None:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
-                        fine_tune_lr=args.fine_tune_lr, model_kwargs={"widths": tuple(args.widths)} if args.widths else None,
+                        fine_tune_lr=args.fine_tune_lr, model_kwargs={"widths": tuple(args.widths)} if args.widths else None, copies=args.copies,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
                     start = time.perf_counter()
                     [trained] = train_models(config)

@@ -20,7 +20,8 @@ def test_best_recipe_per_model_and_overrides():
     best = recipe_config("best", data="d", lr=5e-4, epochs=None)
     assert best.epochs is None and best.class_weighting  # None leaves the recipe's value
     cnn, transfer = best.for_model("custom_cnn"), best.for_model("efficientnet_lite0")
-    assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience) == (64, 120, 16, 0)
+    assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience, cnn.copies) == (64, 120, 16, 0, 2)
+    assert transfer.copies == 1 and recipe_config("study").for_model("custom_cnn").copies == 1
     assert (transfer.image_size, transfer.epochs, transfer.batch_size) == (224, 20, 32)
     assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
     given = recipe_config("best", data="d", image_size=96, epochs=3).for_model("custom_cnn")
@@ -170,3 +171,39 @@ def test_training_step_with_mixing_and_trivial_augment_learns():
         for _ in range(8)
     ]
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_copies_train_on_each_photo_augmented_several_ways():
+    """`copies=3`: every step sees each photo of its batch three times, each copy augmented its own way."""
+    from animals10.engine import train_one_epoch
+    from animals10.transforms import Preprocessing
+
+    torch.manual_seed(0)
+    photos = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    batches = [{"image": photos[i:i + 4], "label": np.arange(i, i + 4) % 2, "path": np.array([""] * 4, dtype=object),
+                "error": np.array([""] * 4, dtype=object)} for i in (0, 4)]  # fmt: skip
+    model = create_model("custom_cnn", 2, widths=(8, 16), hidden=16)
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    augmentation = Augmentation(crop_scale=(0.35, 1.0))
+    totals = train_one_epoch(model, batches, optimizer, Preprocessing(32), augmentation, torch.device("cpu"), num_classes=2, copies=3)
+    assert totals.num_images == 8 and [x.shape[0] for x in seen] == [12, 12]  # 8 photos, each seen three ways
+    first_photo = seen[0][[0, 4, 8]]  # its three copies
+    assert not torch.allclose(first_photo[0], first_photo[1]) and not torch.allclose(first_photo[1], first_photo[2])
+    with pytest.raises(ValueError, match="copies must be at least 1"):
+        recipe_config("best", copies=0)
+
+
+def test_copies_on_the_command_line():
+    import argparse
+
+    from animals10.train import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    config = config_from_args(parser.parse_args(["--data", "d", "--copies", "2"]))
+    assert config.for_model("custom_cnn").copies == 2 and config.for_model("efficientnet_lite0").copies == 2
+    for wrong in ("0", "1.5", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--data", "d", "--copies", wrong])

@@ -47,15 +47,17 @@ def test_best_recipe_starts_the_transfer_head_from_imagenet_and_study_at_random(
 
 
 @pytest.mark.parametrize(
-    "model_name, epochs, augment_size, test_size, cache_decoded", [("custom_cnn", 10, 96, 72, None), ("efficientnet_lite0", 4, None, None, False)]
+    "model_name, epochs, augment_size, test_size, cache_decoded, copies",
+    [("custom_cnn", 10, 96, 72, None, 2), ("efficientnet_lite0", 4, None, None, False, 1)],
 )
-def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size, cache_decoded):
-    """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation;
-    it is validated, and then predicts, at 72 px. Its few photos are decoded once and kept for every
-    epoch (the default for photos that fit); the transfer model's are decoded again each epoch."""
+def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size, cache_decoded, copies):
+    """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation,
+    each in two augmented copies per step; it is validated, and then predicts, at 72 px. Its few photos are
+    decoded once and kept for every epoch (the default for photos that fit); the transfer model's are
+    decoded again each epoch."""
     config = TrainConfig(
         data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16,
-        augment_size=augment_size, test_size=test_size, cache_decoded=cache_decoded,
+        augment_size=augment_size, test_size=test_size, cache_decoded=cache_decoded, copies=copies,
     )  # fmt: skip
     [trained] = train_models(config)
     assert len(trained.history) == epochs
@@ -64,10 +66,11 @@ def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, m
     assert trained.metrics["val_accuracy"] >= 0.5
     assert validation_accuracy(trained.artifact_uri, demo_tree) == pytest.approx(trained.metrics["val_accuracy"], abs=1e-6)
     card = json.loads((tmp_path / "run" / model_name / "model_card.json").read_text())
-    assert card["training"]["num_workers"] == 2 and card["training"]["image_size"] == 64
+    assert card["training"]["num_workers"] == 2 and card["training"]["image_size"] == 64 and card["training"]["copies"] == copies
     assert card["training"]["decoded_once"] is (cache_decoded is None)
     assert card["preprocessing"]["image_size"] == (test_size or 64)  # what inference feeds the model
     assert card["data"]["num_val"] == 20 and card["data"]["class_counts"]["dog"] == 12
+    assert sum(h["num_train_images"] for h in trained.history) == epochs * (card["data"]["num_train"])  # photos, not copies
     history = json.loads((tmp_path / "run" / model_name / "history.json").read_text())
     assert {"train_loss", "val_loss", "val_accuracy", "val_macro_precision", "val_macro_recall", "lr", "images_per_second"} <= set(history[0])
     if model_name == "efficientnet_lite0":
