@@ -1,12 +1,12 @@
 """A quick sweep of from-scratch CNN settings in plain PyTorch, to choose the `best` recipe's values.
 
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
-        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
+        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--rotation 15] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
         [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--group-norm 8] \
-        [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--seeds 1 2 3]
+        [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--copies 2] [--train-sizes 56 64 72] [--prototypes] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -168,6 +168,33 @@ def score_with_tta(model: torch.nn.Module, val_inputs: dict, sizes: list[int], v
     return f"sizes {'+'.join(map(str, sizes))} averaged: {scores[0]:.1%}, with flips {scores[1]:.1%}"
 
 
+@torch.no_grad()
+def embeddings(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The custom CNN's pooled features and its hidden layer's (after the ReLU), L2-normalised, for inputs `x`."""
+    pooled = model.pool(model.features(x)).flatten(1)
+    hidden = model.classifier[2](model.classifier[1](pooled))
+    return {name: F.normalize(features, dim=1) for name, features in (("pooled", pooled), ("hidden", hidden))}
+
+
+@torch.no_grad()
+def score_with_prototypes(model: torch.nn.Module, train_x: torch.Tensor, train_labels: torch.Tensor, val_x: torch.Tensor, val_labels: torch.Tensor) -> str:
+    """Accuracy of the same trained network read three other ways: the nearest class mean of the training
+    photos' normalised features (cosine), and the 5 nearest training photos' majority, on the pooled features
+    and on the hidden layer's."""
+    model.eval()
+    num_classes = int(train_labels.max()) + 1
+    train_features, val_features = embeddings(model, train_x), embeddings(model, val_x)
+    scores = []
+    for name in ("pooled", "hidden"):
+        known, query = train_features[name], val_features[name]
+        means = F.normalize(torch.stack([known[train_labels == c].mean(0) for c in range(num_classes)]), dim=1)
+        nearest_mean = (query @ means.T).argmax(1)
+        neighbours = train_labels[(query @ known.T).topk(5, dim=1).indices]
+        votes = F.one_hot(neighbours, num_classes).sum(1)
+        scores.append(f"{name}: class means {(nearest_mean == val_labels).float().mean():.1%}, 5 neighbours {(votes.argmax(1) == val_labels).float().mean():.1%}")
+    return "; ".join(scores)
+
+
 def train_and_validate(
     photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None,
     teacher: torch.nn.Module | None = None,
@@ -195,7 +222,7 @@ def train_and_validate(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     jitter = (1 - args.jitter, 1 + args.jitter)
     augmentation = Augmentation(
-        rotation_degrees=15.0, brightness=jitter, contrast=jitter, saturation=jitter, crop_scale=(args.crop, 1.0),
+        rotation_degrees=args.rotation, brightness=jitter, contrast=jitter, saturation=jitter, crop_scale=(args.crop, 1.0),
         trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
     )  # fmt: skip
     preprocessing = Preprocessing(args.size)
@@ -211,6 +238,9 @@ def train_and_validate(
         order = torch.randperm(len(train_idx))
         for start in range(0, len(order), args.batch):
             batch = order[start:start + args.batch]
+            batch = batch.repeat(args.copies)  # batch augmentation: each photo in several augmented copies
+            if args.train_sizes:  # multi-scale training: each batch at an input size drawn from the list
+                preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
             x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
             if args.erase:
                 x = random_erase(x, args.erase)
@@ -251,6 +281,10 @@ def train_and_validate(
             print(f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated, val_inputs[size], val_labels):.1%}", flush=True)
     if args.tta_sizes:
         print(f"  {score_with_tta(model, val_inputs, args.tta_sizes, val_labels)}", flush=True)
+    if args.prototypes:
+        for size in args.test_sizes:
+            train_inputs = to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size))
+            print(f"  tested at {size} px, {score_with_prototypes(model, train_inputs, train_labels, val_inputs[size], val_labels)}", flush=True)
     for start, average in averages.items():
         # BatchNorm statistics for the averaged weights: one pass over augmented training batches
         batches = [to_model_input(train_photos[order[i:i + args.batch]], preprocessing, augmentation) for i in range(0, len(order), args.batch)]
@@ -303,6 +337,7 @@ def main() -> None:
     parser.add_argument("--loss", choices=["ce", "cosine"], default="ce", help="cross-entropy, or the cosine loss (Barz & Denzler 2020)")
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--crop", type=float, default=0.35, help="smallest share of the area a random crop keeps")
+    parser.add_argument("--rotation", type=float, default=15.0, help="random rotations up to this many degrees either way")
     parser.add_argument("--jitter", type=float, default=0.3, help="brightness, contrast and saturation 1 ± this")
     parser.add_argument("--trivial-augment", action="store_true")
     parser.add_argument("--mixup", type=float, default=0.0)
@@ -327,6 +362,9 @@ def main() -> None:
     parser.add_argument("--stem-kernel", type=int, default=3, help="kernel size of the first convolution")
     parser.add_argument("--rotation-labels", action="store_true", help="learn (class, quarter turn) pairs on four turned copies of each photo (Lee et al. 2020)")
     parser.add_argument("--train-share", type=float, default=1.0, help="train on this share of each class's training photos (a learning curve)")
+    parser.add_argument("--train-sizes", nargs="+", type=int, default=[], help="train each batch at an input size drawn from these (multi-scale training)")
+    parser.add_argument("--copies", type=int, default=1, help="each batch holds this many augmented copies of each of its photos (Hoffer et al. 2020)")
+    parser.add_argument("--prototypes", action="store_true", help="also score nearest class means and nearest neighbours of the training photos' features")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
