@@ -419,23 +419,23 @@ def comparison_table(models: list[TrainedModel]) -> str:
 # --- command line ----------------------------------------------------------------------------------
 
 
-def _number(valid, wanted: str):
-    """An argparse type: a number for which `valid` holds, else a usage error that says what is `wanted`."""
+def _number(valid, wanted: str, cast=float):
+    """An argparse type: a number for which `valid` holds, as `cast`, else a usage error that says what is `wanted`."""
 
-    def parse(text: str) -> float:
+    def parse(text: str):
         try:
             value = float(text)
         except ValueError:
             value = math.nan  # fails every check
         if not valid(value):
             raise argparse.ArgumentTypeError(f"'{text}' is not {wanted}")
-        return value
+        return cast(value)
 
     return parse
 
 
 _alpha = _number(lambda v: v >= 0, "a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
-_copies = _number(lambda v: v >= 1 and v == int(v), "a number of copies: give a whole number >= 1")
+_copies = _number(lambda v: v >= 1 and v.is_integer(), "a number of copies: give a whole number >= 1", cast=int)
 _fraction = _number(lambda v: 0 < v < 1, "a share of the photos: give a number above 0 and below 1")
 
 
@@ -497,7 +497,7 @@ def config_from_args(args) -> TrainConfig:
         seed=args.seed,
         val_fraction=args.val_fraction,
         s3_endpoint=args.s3_endpoint,
-        copies=None if args.copies is None else int(args.copies),
+        copies=args.copies,
     )
     return config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
 

@@ -1,7 +1,7 @@
 """A quick sweep of from-scratch CNN settings in plain PyTorch, to choose the `best` recipe's values.
 
     .venv/bin/python benchmarks/scratch_sweep.py --size 64 --epochs 120 --batch 16 --lr 1e-3 [--trivial-augment] \
-        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--rotation 15] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
+        [--mixup 0.2] [--cutmix 1.0] [--residual] [--crop 0.35] [--dropout 0.5] [--augment-size 128] [--ema 0.998] \
         [--test-sizes 64 80] [--widths 32 64 128 256] [--hidden 256] [--loss cosine] [--sam 0.05] [--recalibrate-bn] \
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
@@ -178,7 +178,7 @@ def embeddings(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 
 @torch.no_grad()
 def score_with_prototypes(model: torch.nn.Module, train_x: torch.Tensor, train_labels: torch.Tensor, val_x: torch.Tensor, val_labels: torch.Tensor) -> str:
-    """Accuracy of the same trained network read three other ways: the nearest class mean of the training
+    """Accuracy of the same trained network read four other ways: the nearest class mean of the training
     photos' normalised features (cosine), and the 5 nearest training photos' majority, on the pooled features
     and on the hidden layer's."""
     model.eval()
@@ -222,7 +222,7 @@ def train_and_validate(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     jitter = (1 - args.jitter, 1 + args.jitter)
     augmentation = Augmentation(
-        rotation_degrees=args.rotation, brightness=jitter, contrast=jitter, saturation=jitter, crop_scale=(args.crop, 1.0),
+        rotation_degrees=15.0, brightness=jitter, contrast=jitter, saturation=jitter, crop_scale=(args.crop, 1.0),
         trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
     )  # fmt: skip
     preprocessing = Preprocessing(args.size)
@@ -239,9 +239,10 @@ def train_and_validate(
         for start in range(0, len(order), args.batch):
             batch = order[start:start + args.batch]
             batch = batch.repeat(args.copies)  # batch augmentation: each photo in several augmented copies
+            batch_preprocessing = preprocessing
             if args.train_sizes:  # multi-scale training: each batch at an input size drawn from the list
-                preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
-            x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
+                batch_preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
+            x, targets = to_model_input(train_photos[batch], batch_preprocessing, augmentation), train_labels[batch]
             if args.erase:
                 x = random_erase(x, args.erase)
             if augmentation.mixes:
@@ -337,7 +338,6 @@ def main() -> None:
     parser.add_argument("--loss", choices=["ce", "cosine"], default="ce", help="cross-entropy, or the cosine loss (Barz & Denzler 2020)")
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--crop", type=float, default=0.35, help="smallest share of the area a random crop keeps")
-    parser.add_argument("--rotation", type=float, default=15.0, help="random rotations up to this many degrees either way")
     parser.add_argument("--jitter", type=float, default=0.3, help="brightness, contrast and saturation 1 ± this")
     parser.add_argument("--trivial-augment", action="store_true")
     parser.add_argument("--mixup", type=float, default=0.0)
