@@ -20,7 +20,7 @@ def test_best_recipe_per_model_and_overrides():
     best = recipe_config("best", data="d", lr=5e-4, epochs=None)
     assert best.epochs is None and best.class_weighting  # None leaves the recipe's value
     cnn, transfer = best.for_model("custom_cnn"), best.for_model("efficientnet_lite0")
-    assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience, cnn.copies) == (64, 120, 16, 0, 2)
+    assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience, cnn.copies) == (64, 120, 16, 0, 4)
     assert transfer.copies == 1 and recipe_config("study").for_model("custom_cnn").copies == 1
     assert (transfer.image_size, transfer.epochs, transfer.batch_size) == (224, 20, 32)
     assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
