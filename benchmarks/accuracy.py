@@ -83,6 +83,9 @@ def main() -> None:
                         if resolved.inference_size != resolved.image_size else trained.metrics["val_accuracy"]
                     )  # fmt: skip
                     held_out_figures = held_out_accuracy(trained.artifact_uri, held_out) if held_out else {}
+                    if held_out and resolved.inference_size != resolved.image_size:
+                        at_size = held_out_accuracy(trained.artifact_uri, held_out, image_size=resolved.image_size)
+                        held_out_figures["held_out_accuracy_at_train_size"] = at_size["held_out_accuracy"]
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
                        "image_size": resolved.image_size, "test_size": resolved.inference_size, **{m: trained.metrics[m] for m in METRICS},
                        "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size, **held_out_figures}  # fmt: skip
@@ -112,11 +115,18 @@ def main() -> None:
                 rows = [r for r in runs if r["recipe"] == recipe and r["model"] == model]
                 figures = [r["held_out_accuracy"] for r in rows]
                 print(f"| {recipe} | {model} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
+                if all("held_out_accuracy_at_train_size" in r for r in rows):
+                    figures = [r["held_out_accuracy_at_train_size"] for r in rows]
+                    size = f"at {rows[0]['image_size']} px"
+                    print(f"| {recipe} | {model}, {size} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
 
 
-def held_out_accuracy(artifact_uri: str, held_out: LabelledTree) -> dict:
-    """The saved model's accuracy on photos of another tree, overall and per class (its classes, by name)."""
+def held_out_accuracy(artifact_uri: str, held_out: LabelledTree, image_size: int | None = None) -> dict:
+    """The saved model's accuracy on photos of another tree, overall and per class (its classes, by name);
+    with `image_size` fed at that size instead of the artifact's."""
     predictor = Predictor(artifact_uri)
+    if image_size is not None:
+        predictor.preprocessing = replace(predictor.preprocessing, image_size=image_size)
     probabilities, scored, _ = predict_paths(predictor, held_out.paths)
     truth = [predictor.class_names.index(held_out.class_names[held_out.labels[j]]) for j in scored]
     matrix = confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names))
