@@ -78,13 +78,14 @@ def main() -> None:
                     resolved = config.for_model(model)
                     tta_accuracy = saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, tta=True)
                     # The same model at its training size: what a larger test size changed.
+                    train_size = resolved.image_size if resolved.inference_size != resolved.image_size else None
                     at_train_size = (
-                        saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=resolved.image_size)
-                        if resolved.inference_size != resolved.image_size else trained.metrics["val_accuracy"]
+                        saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=train_size)
+                        if train_size else trained.metrics["val_accuracy"]
                     )  # fmt: skip
                     held_out_figures = held_out_accuracy(trained.artifact_uri, held_out) if held_out else {}
-                    if held_out and resolved.inference_size != resolved.image_size:
-                        at_size = held_out_accuracy(trained.artifact_uri, held_out, image_size=resolved.image_size)
+                    if held_out and train_size:
+                        at_size = held_out_accuracy(trained.artifact_uri, held_out, image_size=train_size)
                         held_out_figures["held_out_accuracy_at_train_size"] = at_size["held_out_accuracy"]
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
                        "image_size": resolved.image_size, "test_size": resolved.inference_size, **{m: trained.metrics[m] for m in METRICS},
@@ -113,20 +114,16 @@ def main() -> None:
         for recipe in args.recipes:
             for model in args.models:
                 rows = [r for r in runs if r["recipe"] == recipe and r["model"] == model]
-                figures = [r["held_out_accuracy"] for r in rows]
-                print(f"| {recipe} | {model} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
-                if all("held_out_accuracy_at_train_size" in r for r in rows):
-                    figures = [r["held_out_accuracy_at_train_size"] for r in rows]
-                    size = f"at {rows[0]['image_size']} px"
-                    print(f"| {recipe} | {model}, {size} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
+                for key, label in (("held_out_accuracy", model), ("held_out_accuracy_at_train_size", f"{model}, at {rows[0]['image_size']} px")):
+                    if all(key in r for r in rows):
+                        figures = [r[key] for r in rows]
+                        print(f"| {recipe} | {label} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
 
 
 def held_out_accuracy(artifact_uri: str, held_out: LabelledTree, image_size: int | None = None) -> dict:
     """The saved model's accuracy on photos of another tree, overall and per class (its classes, by name);
     with `image_size` fed at that size instead of the artifact's."""
-    predictor = Predictor(artifact_uri)
-    if image_size is not None:
-        predictor.preprocessing = replace(predictor.preprocessing, image_size=image_size)
+    predictor = saved_predictor(artifact_uri, image_size=image_size)
     probabilities, scored, _ = predict_paths(predictor, held_out.paths)
     truth = [predictor.class_names.index(held_out.class_names[held_out.labels[j]]) for j in scored]
     matrix = confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names))
@@ -141,11 +138,17 @@ def saved_model_accuracy(
     """The saved model's accuracy on its own validation photos; with `tta` averaging each photo with its
     mirror, with `image_size` fed at that size instead of the artifact's."""
     _, val_idx = split_indices(tree, val_fraction, seed)
+    predictor = saved_predictor(artifact_uri, tta=tta, image_size=image_size)
+    probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])
+    return float(np.mean(probabilities.argmax(1) == np.array([tree.labels[val_idx[j]] for j in scored])))
+
+
+def saved_predictor(artifact_uri: str, tta: bool = False, image_size: int | None = None) -> Predictor:
+    """A predictor of the saved model, fed at `image_size` instead of the artifact's size when given."""
     predictor = Predictor(artifact_uri, tta=tta)
     if image_size is not None:
         predictor.preprocessing = replace(predictor.preprocessing, image_size=image_size)
-    probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])
-    return float(np.mean(probabilities.argmax(1) == np.array([tree.labels[val_idx[j]] for j in scored])))
+    return predictor
 
 
 if __name__ == "__main__":
