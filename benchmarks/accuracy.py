@@ -11,6 +11,10 @@ recall of the kept (best) epoch. 60 validation photos (6 per class) make a noisy
 different seeds and the table shows mean and standard deviation. `--held-out DIR` also scores each saved
 model on the photos of another labelled tree (classes named as in the data set, a subset of the sample's),
 which no split trains or validates on.
+
+Every run also records recall per class, and accuracy with the classes weighted as in the whole
+Animals-10 set (`ANIMALS10_PHOTOS`: many dogs and spiders, few elephants) instead of evenly as in the
+sample: what a model would score on photos drawn like Animals-10's.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from animals10.train import train_models
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 METRICS = ("val_accuracy", "val_macro_precision", "val_macro_recall")
+# Photos per class in the full Animals-10 set (Kaggle's raw-img, 26,179 photos).
+ANIMALS10_PHOTOS = {"dog": 4863, "horse": 2623, "elephant": 1446, "butterfly": 2112, "chicken": 3098,
+                    "cat": 1668, "cow": 1866, "sheep": 1820, "spider": 4821, "squirrel": 1862}  # fmt: skip
 
 
 def main() -> None:
@@ -83,13 +90,17 @@ def main() -> None:
                         saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=train_size)
                         if train_size else trained.metrics["val_accuracy"]
                     )  # fmt: skip
+                    val_recall = saved_model_recall(trained.artifact_uri, tree, config.val_fraction, seed)
                     held_out_figures = held_out_accuracy(trained.artifact_uri, held_out) if held_out else {}
                     if held_out and train_size:
                         at_size = held_out_accuracy(trained.artifact_uri, held_out, image_size=train_size)
                         held_out_figures["held_out_accuracy_at_train_size"] = at_size["held_out_accuracy"]
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
                        "image_size": resolved.image_size, "test_size": resolved.inference_size, **{m: trained.metrics[m] for m in METRICS},
-                       "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size, **held_out_figures}  # fmt: skip
+                       "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size, "val_recall": val_recall,
+                       "val_accuracy_animals10_mix": animals10_mix_accuracy(val_recall), **held_out_figures}  # fmt: skip
+                if held_out:
+                    run["held_out_accuracy_animals10_mix"] = animals10_mix_accuracy(run["held_out_recall"])
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 Path(args.results).write_text(json.dumps(runs, indent=2))
@@ -109,6 +120,13 @@ def main() -> None:
             minutes = np.mean([r["seconds"] for r in rows]) / 60
             sizes = f"{rows[0]['image_size']} px" + (f", {rows[0]['test_size']} at test" if rows[0]["test_size"] != rows[0]["image_size"] else "")
             print(f"| {recipe} | {model} | {sizes} | {' | '.join(cells)} | {epochs:.0f} | {minutes:.1f} |")
+    print("\nweighted by class as in the whole Animals-10 set: accuracy per split, then mean ± sd")
+    for key, photos in (("val_accuracy_animals10_mix", "validation photos"), ("held_out_accuracy_animals10_mix", "other photos")):
+        for recipe in args.recipes:
+            for model in args.models:
+                figures = [r[key] for r in runs if r["recipe"] == recipe and r["model"] == model and key in r]
+                if figures:
+                    print(f"| {photos} | {recipe} | {model} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
     if held_out is not None:
         print(f"\non {len(held_out.paths)} other photos ({args.held_out}): accuracy per split (seeds {args.seeds})")
         for recipe in args.recipes:
@@ -130,6 +148,21 @@ def held_out_accuracy(artifact_uri: str, held_out: LabelledTree, image_size: int
     metrics = classification_metrics(matrix, predictor.class_names)
     recall = {name: values["recall"] for name, values in metrics["per_class"].items() if values["support"]}
     return {"held_out_accuracy": metrics["accuracy"], "held_out_recall": recall}
+
+
+def saved_model_recall(artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int) -> dict[str, float]:
+    """The saved model's recall on its own validation photos, per class (by name)."""
+    _, val_idx = split_indices(tree, val_fraction, seed)
+    predictor = saved_predictor(artifact_uri)
+    probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])
+    matrix = confusion_matrix([tree.labels[val_idx[j]] for j in scored], probabilities.argmax(1), len(tree.class_names))
+    return {name: values["recall"] for name, values in classification_metrics(matrix, tree.class_names)["per_class"].items()}
+
+
+def animals10_mix_accuracy(recall: dict[str, float]) -> float:
+    """Accuracy on photos whose classes (those of `recall`) come in Animals-10's proportions."""
+    weights = {name: ANIMALS10_PHOTOS[name] for name in recall}
+    return sum(recall[name] * weight for name, weight in weights.items()) / sum(weights.values())
 
 
 def saved_model_accuracy(
