@@ -83,24 +83,28 @@ def main() -> None:
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start
                     resolved = config.for_model(model)
-                    tta_accuracy = saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, tta=True)
+                    _, val_idx = split_indices(tree, config.val_fraction, seed)
+                    validation = saved_model_metrics(trained.artifact_uri, tree, val_idx)
+                    tta_accuracy = saved_model_metrics(trained.artifact_uri, tree, val_idx, tta=True)["accuracy"]
                     # The same model at its training size: what a larger test size changed.
                     train_size = resolved.image_size if resolved.inference_size != resolved.image_size else None
                     at_train_size = (
-                        saved_model_accuracy(trained.artifact_uri, tree, config.val_fraction, seed, image_size=train_size)
+                        saved_model_metrics(trained.artifact_uri, tree, val_idx, image_size=train_size)["accuracy"]
                         if train_size else trained.metrics["val_accuracy"]
                     )  # fmt: skip
-                    val_recall = saved_model_recall(trained.artifact_uri, tree, config.val_fraction, seed)
-                    held_out_figures = held_out_accuracy(trained.artifact_uri, held_out) if held_out else {}
-                    if held_out and train_size:
-                        at_size = held_out_accuracy(trained.artifact_uri, held_out, image_size=train_size)
-                        held_out_figures["held_out_accuracy_at_train_size"] = at_size["held_out_accuracy"]
+                    held_out_figures = {}
+                    if held_out:
+                        scores = saved_model_metrics(trained.artifact_uri, held_out)
+                        held_out_figures = {"held_out_accuracy": scores["accuracy"], "held_out_recall": recall_by_class(scores),
+                                            "held_out_accuracy_animals10_mix": animals10_mix_accuracy(recall_by_class(scores))}  # fmt: skip
+                        if train_size:
+                            at_size = saved_model_metrics(trained.artifact_uri, held_out, image_size=train_size)
+                            held_out_figures["held_out_accuracy_at_train_size"] = at_size["accuracy"]
+                val_recall = recall_by_class(validation)
                 run = {"recipe": recipe, "model": model, "seed": seed, "epochs_run": len(trained.history), "seconds": seconds,
                        "image_size": resolved.image_size, "test_size": resolved.inference_size, **{m: trained.metrics[m] for m in METRICS},
                        "val_accuracy_tta": tta_accuracy, "val_accuracy_at_train_size": at_train_size, "val_recall": val_recall,
                        "val_accuracy_animals10_mix": animals10_mix_accuracy(val_recall), **held_out_figures}  # fmt: skip
-                if held_out:
-                    run["held_out_accuracy_animals10_mix"] = animals10_mix_accuracy(run["held_out_recall"])
                 runs.append(run)
                 print(json.dumps(run), flush=True)
                 Path(args.results).write_text(json.dumps(runs, indent=2))
@@ -138,42 +142,28 @@ def main() -> None:
                         print(f"| {recipe} | {label} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
 
 
-def held_out_accuracy(artifact_uri: str, held_out: LabelledTree, image_size: int | None = None) -> dict:
-    """The saved model's accuracy on photos of another tree, overall and per class (its classes, by name);
-    with `image_size` fed at that size instead of the artifact's."""
-    predictor = saved_predictor(artifact_uri, image_size=image_size)
-    probabilities, scored, _ = predict_paths(predictor, held_out.paths)
-    truth = [predictor.class_names.index(held_out.class_names[held_out.labels[j]]) for j in scored]
-    matrix = confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names))
-    metrics = classification_metrics(matrix, predictor.class_names)
-    recall = {name: values["recall"] for name, values in metrics["per_class"].items() if values["support"]}
-    return {"held_out_accuracy": metrics["accuracy"], "held_out_recall": recall}
+def saved_model_metrics(
+    artifact_uri: str, tree: LabelledTree, indices: list[int] | None = None, tta: bool = False, image_size: int | None = None
+) -> dict:
+    """Classification metrics of the saved model on the photos of `tree` at `indices` (all when None); the
+    tree's classes, matched by name, may be a subset of the model's. With `tta` each photo is averaged
+    with its mirror, with `image_size` fed at that size instead of the artifact's."""
+    indices = range(len(tree.paths)) if indices is None else indices
+    predictor = saved_predictor(artifact_uri, tta=tta, image_size=image_size)
+    probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in indices])
+    truth = [predictor.class_names.index(tree.class_names[tree.labels[indices[j]]]) for j in scored]
+    return classification_metrics(confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names)), predictor.class_names)
 
 
-def saved_model_recall(artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int) -> dict[str, float]:
-    """The saved model's recall on its own validation photos, per class (by name)."""
-    _, val_idx = split_indices(tree, val_fraction, seed)
-    predictor = saved_predictor(artifact_uri)
-    probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])
-    matrix = confusion_matrix([tree.labels[val_idx[j]] for j in scored], probabilities.argmax(1), len(tree.class_names))
-    return {name: values["recall"] for name, values in classification_metrics(matrix, tree.class_names)["per_class"].items()}
+def recall_by_class(metrics: dict) -> dict[str, float]:
+    """Recall of each class the scored photos hold, by name."""
+    return {name: values["recall"] for name, values in metrics["per_class"].items() if values["support"]}
 
 
 def animals10_mix_accuracy(recall: dict[str, float]) -> float:
     """Accuracy on photos whose classes (those of `recall`) come in Animals-10's proportions."""
     weights = {name: ANIMALS10_PHOTOS[name] for name in recall}
     return sum(recall[name] * weight for name, weight in weights.items()) / sum(weights.values())
-
-
-def saved_model_accuracy(
-    artifact_uri: str, tree: LabelledTree, val_fraction: float, seed: int, tta: bool = False, image_size: int | None = None
-) -> float:
-    """The saved model's accuracy on its own validation photos; with `tta` averaging each photo with its
-    mirror, with `image_size` fed at that size instead of the artifact's."""
-    _, val_idx = split_indices(tree, val_fraction, seed)
-    predictor = saved_predictor(artifact_uri, tta=tta, image_size=image_size)
-    probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in val_idx])
-    return float(np.mean(probabilities.argmax(1) == np.array([tree.labels[val_idx[j]] for j in scored])))
 
 
 def saved_predictor(artifact_uri: str, tta: bool = False, image_size: int | None = None) -> Predictor:
