@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    tree = read_labelled_tree(args.data)  # the same listing train_models makes, for the TTA check
+    tree = read_labelled_tree(args.data)  # the same listing train_models makes, for scoring the saved models
     held_out = read_labelled_tree(args.held_out) if args.held_out else None
     runs = []
     for recipe in args.recipes:
@@ -95,8 +95,9 @@ def main() -> None:
                     held_out_figures = {}
                     if held_out:
                         scores = saved_model_metrics(trained.artifact_uri, held_out)
-                        held_out_figures = {"held_out_accuracy": scores["accuracy"], "held_out_recall": recall_by_class(scores),
-                                            "held_out_accuracy_animals10_mix": animals10_mix_accuracy(recall_by_class(scores))}  # fmt: skip
+                        recall = recall_by_class(scores)
+                        held_out_figures = {"held_out_accuracy": scores["accuracy"], "held_out_recall": recall,
+                                            "held_out_accuracy_animals10_mix": animals10_mix_accuracy(recall)}  # fmt: skip
                         if train_size:
                             at_size = saved_model_metrics(trained.artifact_uri, held_out, image_size=train_size)
                             held_out_figures["held_out_accuracy_at_train_size"] = at_size["accuracy"]
