@@ -6,7 +6,8 @@
         [--erase 0.25] [--blurpool] [--label-smoothing 0.1] [--average-from 60 90] [--tta-sizes 64 72 80] \
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
         [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--group-norm 8] \
-        [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--copies 2] [--train-sizes 56 64 72] [--prototypes] [--seeds 1 2 3]
+        [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--copies 2] [--train-sizes 56 64 72] [--prototypes] \
+        [--grayscale 0.2] [--held-out ../shared/data/bench-images --held-out-size 72] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -70,6 +71,13 @@ def with_recalibrated_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torc
             module.momentum = None  # a plain average over what it sees
     recalibrated.train()(x)
     return recalibrated.eval()
+
+
+def random_grayscale(photos: torch.Tensor, probability: float) -> torch.Tensor:
+    """(B, H, W, 3) uint8 photos, each turned grey (ITU-R 601 luma in all three channels) with `probability`."""
+    grey = (photos.float() @ torch.tensor([0.299, 0.587, 0.114])).round().to(torch.uint8)
+    chosen = torch.rand(len(photos)) < probability
+    return torch.where(chosen.view(-1, 1, 1, 1), grey.unsqueeze(-1).expand_as(photos), photos)
 
 
 def random_erase(x: torch.Tensor, probability: float) -> torch.Tensor:
@@ -242,7 +250,8 @@ def train_and_validate(
             batch_preprocessing = preprocessing
             if args.train_sizes:  # multi-scale training: each batch at an input size drawn from the list
                 batch_preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
-            x, targets = to_model_input(train_photos[batch], batch_preprocessing, augmentation), train_labels[batch]
+            batch_photos = random_grayscale(train_photos[batch], args.grayscale) if args.grayscale else train_photos[batch]
+            x, targets = to_model_input(batch_photos, batch_preprocessing, augmentation), train_labels[batch]
             if args.erase:
                 x = random_erase(x, args.erase)
             if augmentation.mixes:
@@ -365,6 +374,9 @@ def main() -> None:
     parser.add_argument("--train-sizes", nargs="+", type=int, default=[], help="train each batch at an input size drawn from these (multi-scale training)")
     parser.add_argument("--copies", type=int, default=1, help="each batch holds this many augmented copies of each of its photos (Hoffer et al. 2020)")
     parser.add_argument("--prototypes", action="store_true", help="also score nearest class means and nearest neighbours of the training photos' features")
+    parser.add_argument("--grayscale", type=float, default=0.0, help="turn each training photo grey with this probability (0: off)")
+    parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes, matched by name) to score each final model on")
+    parser.add_argument("--held-out-size", type=int, default=72, help="the input size the held-out photos are scored at")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -374,7 +386,11 @@ def main() -> None:
     train_source = np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
     test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in {*args.test_sizes, *args.tta_sizes, *args.fixres}}
     labels = np.asarray(tree.labels, dtype=np.int64)
-    finals, bests = [], []
+    held_out = read_labelled_tree(args.held_out) if args.held_out else None
+    if held_out is not None:
+        held_x = to_model_input(torch.from_numpy(np.stack([load_photo(path, args.held_out_size)[0] for path in held_out.paths])), Preprocessing(args.held_out_size))
+        held_labels = torch.tensor([tree.class_names.index(held_out.class_names[label]) for label in held_out.labels])
+    finals, bests, held_scores = [], [], []
     for seed in args.seeds:
         start = time.perf_counter()
         train_idx, val_idx = split_indices(tree, 0.2, seed)
@@ -388,8 +404,16 @@ def main() -> None:
             accuracies, _ = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval())
         finals.append(accuracies[-1])
         bests.append(max(accuracies))
+        if held_out is not None:
+            with torch.no_grad():
+                predicted = torch.cat([model.eval()(chunk).argmax(1) for chunk in held_x.split(256)])
+            recall = {tree.class_names[i]: (predicted[held_labels == i] == i).float().mean().item() for i in sorted(set(held_labels.tolist()))}
+            held_scores.append((predicted == held_labels).float().mean().item())
+            print(f"  {len(held_labels)} held-out photos at {args.held_out_size} px: {held_scores[-1]:.1%} ({', '.join(f'{k} {v:.1%}' for k, v in recall.items())})", flush=True)
         print(f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s", flush=True)
     print(f"{vars(args)}\nlast epoch {np.mean(finals):.1%} ± {np.std(finals):.1%}; best epoch {np.mean(bests):.1%}")
+    if held_scores:
+        print(f"held-out photos {np.mean(held_scores):.1%} ± {np.std(held_scores):.1%}")
 
 
 if __name__ == "__main__":
