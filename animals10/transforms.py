@@ -42,9 +42,10 @@ class Preprocessing:
 class Augmentation:
     """Training-time changes. The defaults are the study's: flips, rotations up to 20 degrees and
     brightness 0.8-1.2. For stronger recipes: `crop_scale` adds random resized crops (share of the
-    area kept), `contrast` / `saturation` colour jitter, `trivial_augment` one random operation of
-    random strength per photo (TrivialAugment, Müller & Hutter 2021), and `mixup_alpha` /
-    `cutmix_alpha` blend pairs of photos and their labels (half the batches each when both are set)."""
+    area kept), `contrast` / `saturation` colour jitter, `grayscale` the share of photos turned grey,
+    `trivial_augment` one random operation of random strength per photo (TrivialAugment, Müller &
+    Hutter 2021), and `mixup_alpha` / `cutmix_alpha` blend pairs of photos and their labels (half the
+    batches each when both are set)."""
 
     horizontal_flip: bool = True
     rotation_degrees: float = 20.0
@@ -52,6 +53,7 @@ class Augmentation:
     crop_scale: tuple[float, float] = (1.0, 1.0)
     contrast: tuple[float, float] = (1.0, 1.0)
     saturation: tuple[float, float] = (1.0, 1.0)
+    grayscale: float = 0.0
     trivial_augment: bool = False
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -106,6 +108,9 @@ def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Genera
     def uniform(low: float, high: float) -> torch.Tensor:
         return torch.rand(batch, generator=generator).mul_(high - low).add_(low).to(x.device)
 
+    if augmentation.grayscale > 0:  # the luma in all three channels: the shape without the colour
+        grey = torch.rand(batch, generator=generator).to(x.device) < augmentation.grayscale
+        x = torch.where(grey.view(-1, 1, 1, 1), luma(x).expand_as(x), x)
     if augmentation.horizontal_flip:
         flip = torch.rand(batch, generator=generator).to(x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -134,9 +139,14 @@ def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Genera
         x = (x - mean) * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype) + mean
     low, high = augmentation.saturation
     if (low, high) != (1.0, 1.0):
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = luma(x)
         x = (x - gray) * uniform(low, high).view(-1, 1, 1, 1).to(x.dtype) + gray
     return x.clamp_(0.0, 1.0)
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) brightness as the eye weighs it (ITU-R BT.601)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 _TRIVIAL_AUGMENT = v2.TrivialAugmentWide()

@@ -1,5 +1,7 @@
 """Recipes and the batched augmentation they use."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,8 @@ def test_best_recipe_per_model_and_overrides():
     cnn, transfer = best.for_model("custom_cnn"), best.for_model("efficientnet_lite0")
     assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience, cnn.copies) == (64, 120, 16, 0, 4)
     assert transfer.copies == 1 and recipe_config("study").for_model("custom_cnn").copies == 1
+    assert (cnn.augmentation.grayscale, transfer.augmentation.grayscale) == (0.2, 0.0)  # grey photos: the CNN only
+    assert cnn.augmentation.crop_scale == transfer.augmentation.crop_scale == (0.35, 1.0)
     assert (transfer.image_size, transfer.epochs, transfer.batch_size) == (224, 20, 32)
     assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
     given = recipe_config("best", data="d", image_size=96, epochs=3).for_model("custom_cnn")
@@ -66,14 +70,20 @@ def test_command_line_builds_the_recipe_with_its_changes():
     config = config_from_args(parser.parse_args(["--data", "d", "--mixup", "0.2", "--trivial-augment", "--batch-size", "8"]))
     cnn = config.for_model("custom_cnn")
     assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
+    assert cnn.augmentation.grayscale == 0.2  # the recipe's own augmentation for the CNN, with the changes on top
     assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best" and cnn.cache_decoded is None
     changed = config_from_args(
         parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm", "--no-imagenet-head", "--no-cache-decoded"])
     )
     transfer = changed.for_model("efficientnet_lite0")
     assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head, transfer.cache_decoded) == ("best_val_loss", False, False, False)
+    grey = config_from_args(parser.parse_args(["--data", "d", "--grayscale", "0.3"]))
+    assert grey.for_model("custom_cnn").augmentation.grayscale == grey.for_model("efficientnet_lite0").augmentation.grayscale == 0.3
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--cutmix", "-1"])
+    for wrong in ("1.5", "-0.1", "grey"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--data", "d", "--grayscale", wrong])
     assert config.val_fraction == 0.2 and config_from_args(parser.parse_args(["--data", "d", "--val-fraction", "0.1"])).val_fraction == 0.1
     for share in ("0", "1", "ten"):
         with pytest.raises(SystemExit):
@@ -97,6 +107,27 @@ def test_strong_augmentation_changes_photos_but_keeps_shape_and_range():
     assert (y - x).abs().mean() > 0.05
     identity = Augmentation(horizontal_flip=False, rotation_degrees=0.0, brightness=(1.0, 1.0))
     assert torch.equal(augment(x, identity), x)
+
+
+def test_grayscale_turns_about_its_share_of_photos_grey_and_leaves_the_rest():
+    torch.manual_seed(0)
+    x = torch.rand(400, 3, 8, 8)
+    only_grey = Augmentation(horizontal_flip=False, rotation_degrees=0.0, brightness=(1.0, 1.0), grayscale=0.5)
+    y = augment(x, only_grey)
+    grey = (y[:, 0] == y[:, 1]).all(dim=(1, 2)) & (y[:, 1] == y[:, 2]).all(dim=(1, 2))
+    assert 140 < int(grey.sum()) < 260  # about half of 400
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    assert torch.allclose(y[grey, 0], luma[grey]) and torch.equal(y[~grey], x[~grey])
+    assert (augment(x, replace(only_grey, grayscale=1.0)).std(dim=1) == 0).all()
+
+
+def test_augmentation_given_on_the_command_line_goes_on_top_of_a_models_own():
+    cnn_own = Augmentation(crop_scale=(0.35, 1.0), grayscale=0.2)
+    config = TrainConfig(model_settings={"custom_cnn": {"augmentation": cnn_own}}).with_augmentation(mixup_alpha=0.2, trivial_augment=None)
+    cnn, transfer = config.for_model("custom_cnn"), config.for_model("efficientnet_lite0")
+    assert cnn.augmentation == replace(cnn_own, mixup_alpha=0.2)
+    assert transfer.augmentation == Augmentation(mixup_alpha=0.2)
+    assert config.with_augmentation(grayscale=0.0).for_model("custom_cnn").augmentation == replace(cnn_own, mixup_alpha=0.2, grayscale=0.0)
 
 
 def test_photos_decoded_larger_are_augmented_then_resized_to_the_model_size():
