@@ -73,13 +73,6 @@ def with_recalibrated_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> torc
     return recalibrated.eval()
 
 
-def random_grayscale(photos: torch.Tensor, probability: float) -> torch.Tensor:
-    """(B, H, W, 3) uint8 photos, each turned grey (ITU-R 601 luma in all three channels) with `probability`."""
-    grey = (photos.float() @ torch.tensor([0.299, 0.587, 0.114])).round().to(torch.uint8)
-    chosen = torch.rand(len(photos)) < probability
-    return torch.where(chosen.view(-1, 1, 1, 1), grey.unsqueeze(-1).expand_as(photos), photos)
-
-
 def random_erase(x: torch.Tensor, probability: float) -> torch.Tensor:
     """Random erasing (Zhong et al. 2020) of (B, 3, H, W) inputs, each photo its own box: torchvision's
     RandomErasing with its defaults (2-33% of the area, aspect ratio 0.3-3.3, filled with noise)."""
@@ -231,7 +224,7 @@ def train_and_validate(
     jitter = (1 - args.jitter, 1 + args.jitter)
     augmentation = Augmentation(
         rotation_degrees=15.0, brightness=jitter, contrast=jitter, saturation=jitter, crop_scale=(args.crop, 1.0),
-        trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+        grayscale=args.grayscale, trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
     )  # fmt: skip
     preprocessing = Preprocessing(args.size)
     train_photos, train_labels = torch.from_numpy(train_source[train_idx]), torch.from_numpy(labels[train_idx])
@@ -250,8 +243,7 @@ def train_and_validate(
             batch_preprocessing = preprocessing
             if args.train_sizes:  # multi-scale training: each batch at an input size drawn from the list
                 batch_preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
-            batch_photos = random_grayscale(train_photos[batch], args.grayscale) if args.grayscale else train_photos[batch]
-            x, targets = to_model_input(batch_photos, batch_preprocessing, augmentation), train_labels[batch]
+            x, targets = to_model_input(train_photos[batch], batch_preprocessing, augmentation), train_labels[batch]
             if args.erase:
                 x = random_erase(x, args.erase)
             if augmentation.mixes:
