@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
     parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
     parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
+    parser.add_argument("--grayscale", type=float, help="turn this share of training photos grey (0: off; default: the recipes')")
     parser.add_argument("--copies", type=int, help="train on each photo of a batch in this many augmented copies")
     parser.add_argument("--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
@@ -78,7 +79,7 @@ def main() -> None:
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
                         fine_tune_lr=args.fine_tune_lr, model_kwargs={"widths": tuple(args.widths)} if args.widths else None, copies=args.copies,
-                    ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)  # fmt: skip
+                    ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)  # fmt: skip
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start
