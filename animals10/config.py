@@ -124,8 +124,6 @@ TRANSFER_MODELS = tuple(name for name in list_models() if get_model_spec(name).t
 STRONG_AUGMENTATION = Augmentation(
     horizontal_flip=True, rotation_degrees=15.0, brightness=(0.7, 1.3), crop_scale=(0.35, 1.0), contrast=(0.7, 1.3), saturation=(0.6, 1.4)
 )
-# The from-scratch CNN's: the same, with one photo in five turned grey, so that colour alone tells it less.
-SCRATCH_AUGMENTATION = replace(STRONG_AUGMENTATION, grayscale=0.2)
 
 RECIPES: dict[str, dict] = {
     # The study: Adam at 0.001, reduce-LR-on-plateau, early stopping, flips/rotations/brightness,
@@ -136,8 +134,7 @@ RECIPES: dict[str, dict] = {
     # imbalance. Transfer models at 224 px: the head first (30% of the epochs), started from the backbone's
     # ImageNet classifier, then the whole network at a low rate with BatchNorm's ImageNet statistics kept.
     # The from-scratch CNN at 64 px, many short steps, its random crops cut from photos decoded at 128 px,
-    # tested at 72 px against the zoom of random crops; each photo of a batch in four augmented copies, one
-    # in five of them grey.
+    # tested at 72 px against the zoom of random crops; each photo of a batch in four augmented copies.
     "best": {
         "optimizer": "adamw",
         "lr": 5e-3,
@@ -158,7 +155,6 @@ RECIPES: dict[str, dict] = {
             **{name: {"image_size": 224} for name in TRANSFER_MODELS},
             "custom_cnn": {
                 "image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3, "copies": 4,
-                "augmentation": SCRATCH_AUGMENTATION,
             },  # fmt: skip
         },
     },

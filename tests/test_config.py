@@ -24,7 +24,7 @@ def test_best_recipe_per_model_and_overrides():
     cnn, transfer = best.for_model("custom_cnn"), best.for_model("efficientnet_lite0")
     assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience, cnn.copies) == (64, 120, 16, 0, 4)
     assert transfer.copies == 1 and recipe_config("study").for_model("custom_cnn").copies == 1
-    assert (cnn.augmentation.grayscale, transfer.augmentation.grayscale) == (0.2, 0.0)  # grey photos: the CNN only
+    assert cnn.augmentation.grayscale == transfer.augmentation.grayscale == 0.0  # grey photos: an option, off by default
     assert cnn.augmentation.crop_scale == transfer.augmentation.crop_scale == (0.35, 1.0)
     assert (transfer.image_size, transfer.epochs, transfer.batch_size) == (224, 20, 32)
     assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
@@ -71,7 +71,6 @@ def test_command_line_builds_the_recipe_with_its_changes():
     config = config_from_args(parser.parse_args(["--data", "d", "--mixup", "0.2", "--trivial-augment", "--batch-size", "8"]))
     cnn = config.for_model("custom_cnn")
     assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
-    assert cnn.augmentation.grayscale == 0.2  # the recipe's own augmentation for the CNN, with the changes on top
     assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best" and cnn.cache_decoded is None
     changed = config_from_args(
         parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm", "--no-imagenet-head", "--no-cache-decoded"])
