@@ -153,9 +153,7 @@ RECIPES: dict[str, dict] = {
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
             **{name: {"image_size": 224} for name in TRANSFER_MODELS},
-            "custom_cnn": {
-                "image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3, "copies": 4,
-            },  # fmt: skip
+            "custom_cnn": {"image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3, "copies": 4},
         },
     },
 }

@@ -393,12 +393,13 @@ def main() -> None:
         accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos)
         if args.distill:
             print(f"  teacher: last epoch {accuracies[-1]:.1%}; a student of the same design learns from it", flush=True)
-            accuracies, _ = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval())
+            accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval())
         finals.append(accuracies[-1])
         bests.append(max(accuracies))
         if held_out is not None:
+            model.eval()
             with torch.no_grad():
-                predicted = torch.cat([model.eval()(chunk).argmax(1) for chunk in held_x.split(256)])
+                predicted = torch.cat([model(chunk).argmax(1) for chunk in held_x.split(256)])
             recall = {tree.class_names[i]: (predicted[held_labels == i] == i).float().mean().item() for i in sorted(set(held_labels.tolist()))}
             held_scores.append((predicted == held_labels).float().mean().item())
             print(f"  {len(held_labels)} held-out photos at {args.held_out_size} px: {held_scores[-1]:.1%} ({', '.join(f'{k} {v:.1%}' for k, v in recall.items())})", flush=True)
