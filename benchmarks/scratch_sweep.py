@@ -7,7 +7,8 @@
         [--distill 0.5] [--distill-temperature 2] [--fixres 72 80] [--fixres-epochs 10] [--fixres-lr 1e-4] \
         [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--group-norm 8] \
         [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--copies 2] [--train-sizes 56 64 72] [--prototypes] \
-        [--grayscale 0.2] [--held-out ../shared/data/bench-images --held-out-size 72] [--seeds 1 2 3]
+        [--grayscale 0.2] [--held-out ../shared/data/bench-images --held-out-size 72] \
+        [--teacher-size 128 --teacher-share 0.7] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -28,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from linear_probe import accuracy
+from linear_probe import accuracy, fit_logistic, imagenet_prior
 from torchvision.transforms import v2
 
 from animals10.data import load_photo, read_labelled_tree, split_indices
-from animals10.models import create_model
-from animals10.transforms import Augmentation, Preprocessing, mix_batch, to_model_input
+from animals10.models import create_model, get_model_spec
+from animals10.transforms import Augmentation, Preprocessing, augment, mix_batch, normalise, to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 
@@ -196,9 +197,32 @@ def score_with_prototypes(model: torch.nn.Module, train_x: torch.Tensor, train_l
     return "; ".join(scores)
 
 
+class PretrainedTeacher(torch.nn.Module):
+    """EfficientNet-Lite0's frozen ImageNet features and a linear probe fitted on the split's training photos
+    (`--teacher-size`): a teacher the from-scratch student can match on each augmented view. It sees the view
+    at its own size, before the view is shrunk to the student's."""
+
+    def __init__(self, train_photos: torch.Tensor, train_labels: torch.Tensor, class_names: list[str], size: int):
+        super().__init__()
+        self.backbone = create_model("efficientnet_lite0", len(class_names), pretrained=True).backbone.eval()
+        self.preprocessing = Preprocessing(size, get_model_spec("efficientnet_lite0").mean, get_model_spec("efficientnet_lite0").std)
+        with torch.no_grad():
+            x = torch.cat([self.backbone(to_model_input(chunk, self.preprocessing)) for chunk in train_photos.split(64)])
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-6
+        prior = imagenet_prior(class_names, self.mean, self.std)
+        self.head = fit_logistic((x - self.mean) / self.std, train_labels, len(class_names), 1e-4, prior)
+
+    @torch.no_grad()
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) augmented views in [0, 1] -> logits."""
+        size = self.preprocessing.image_size
+        x = F.interpolate(views, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return self.head((self.backbone(normalise(x, self.preprocessing)) - self.mean) / self.std)
+
+
 def train_and_validate(
     photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None,
-    teacher: torch.nn.Module | None = None,
+    teacher: torch.nn.Module | None = None, class_names: list[str] | None = None,
 ) -> tuple[list[float], torch.nn.Module]:
     """Trains one model on `train_idx` of `train_source` (the photos, or the same decoded larger); returns the
     validation accuracy on `photos` after each epoch, and the model. `test_photos` (size -> the photos decoded at
@@ -230,6 +254,9 @@ def train_and_validate(
     train_photos, train_labels = torch.from_numpy(train_source[train_idx]), torch.from_numpy(labels[train_idx])
     val_x = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing)
     val_labels = torch.from_numpy(labels[val_idx])
+    if args.teacher_size:  # a pretrained teacher, fitted on this split's training photos
+        teacher = PretrainedTeacher(train_photos, train_labels, class_names, args.teacher_size)
+        print(f"  pretrained teacher at {args.teacher_size} px: {accuracy(teacher, to_model_input(torch.from_numpy(photos[val_idx]), Preprocessing(args.size)), val_labels):.1%} on validation (from {args.size} px)", flush=True)
     val_inputs = {size: to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size)) for size, decoded in (test_photos or {}).items()}
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
     averages = {start: torch.optim.swa_utils.AveragedModel(model) for start in args.average_from}
@@ -243,7 +270,13 @@ def train_and_validate(
             batch_preprocessing = preprocessing
             if args.train_sizes:  # multi-scale training: each batch at an input size drawn from the list
                 batch_preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
-            x, targets = to_model_input(train_photos[batch], batch_preprocessing, augmentation), train_labels[batch]
+            if args.teacher_size:  # one augmented view, seen by the teacher at its size and by the student at its own
+                views = augment(train_photos[batch].permute(0, 3, 1, 2).float().div(255), augmentation)
+                size = batch_preprocessing.image_size
+                x = normalise(F.interpolate(views, size=(size, size), mode="bilinear", antialias=True, align_corners=False), batch_preprocessing)
+                targets = train_labels[batch]
+            else:
+                x, targets = to_model_input(train_photos[batch], batch_preprocessing, augmentation), train_labels[batch]
             if args.erase:
                 x = random_erase(x, args.erase)
             if augmentation.mixes:
@@ -254,10 +287,11 @@ def train_and_validate(
             logits = model(x)
             loss = loss_of(logits, targets, args)
             if teacher is not None:
+                share = args.teacher_share if args.teacher_size else args.distill
                 with torch.no_grad():
-                    soft_targets = (teacher(x) / args.distill_temperature).softmax(1)
+                    soft_targets = (teacher(views if args.teacher_size else x) / args.distill_temperature).softmax(1)
                 distillation = F.kl_div((logits / args.distill_temperature).log_softmax(1), soft_targets, reduction="batchmean")
-                loss = (1 - args.distill) * loss + args.distill * args.distill_temperature**2 * distillation
+                loss = (1 - share) * loss + share * args.distill_temperature**2 * distillation
             loss.backward()
             if args.sam:
                 sharpness_aware_gradient(model, x, targets, args)
@@ -369,6 +403,8 @@ def main() -> None:
     parser.add_argument("--grayscale", type=float, default=0.0, help="turn each training photo grey with this probability (0: off)")
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes, matched by name) to score each final model on")
     parser.add_argument("--held-out-size", type=int, default=72, help="the input size the held-out photos are scored at")
+    parser.add_argument("--teacher-size", type=int, default=0, help="distil from pretrained EfficientNet-Lite0 features and a probe, at this size (0: off; ignores --trivial-augment)")
+    parser.add_argument("--teacher-share", type=float, default=0.7, help="the share of the loss that matches the pretrained teacher")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -390,7 +426,7 @@ def main() -> None:
             rng = np.random.default_rng(seed)
             by_class = [rng.permutation([i for i in train_idx if labels[i] == label]) for label in range(int(labels.max()) + 1)]
             train_idx = sorted(int(i) for members in by_class for i in members[: round(len(members) * args.train_share)])
-        accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos)
+        accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos, class_names=tree.class_names)
         if args.distill:
             print(f"  teacher: last epoch {accuracies[-1]:.1%}; a student of the same design learns from it", flush=True)
             accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval())
