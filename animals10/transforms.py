@@ -81,6 +81,11 @@ def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentat
     x = x.float().div_(255.0)
     if augmentation is not None:
         x = augment(x, augmentation)
+    return fit_to_model(x, preprocessing)
+
+
+def fit_to_model(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> resized to the model's size S when it is another size, normalised."""
     size = preprocessing.image_size
     if x.shape[-2:] != (size, size):  # photos decoded larger for sharper crops (TrainConfig.augment_size)
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

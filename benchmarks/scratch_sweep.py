@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model, get_model_spec
-from animals10.transforms import Augmentation, Preprocessing, augment, mix_batch, normalise, to_model_input
+from animals10.transforms import Augmentation, Preprocessing, augment, fit_to_model, mix_batch, to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 
@@ -205,7 +205,8 @@ class PretrainedTeacher(torch.nn.Module):
     def __init__(self, train_photos: torch.Tensor, train_labels: torch.Tensor, class_names: list[str], size: int):
         super().__init__()
         self.backbone = create_model("efficientnet_lite0", len(class_names), pretrained=True).backbone.eval()
-        self.preprocessing = Preprocessing(size, get_model_spec("efficientnet_lite0").mean, get_model_spec("efficientnet_lite0").std)
+        spec = get_model_spec("efficientnet_lite0")
+        self.preprocessing = Preprocessing(size, spec.mean, spec.std)
         with torch.no_grad():
             x = torch.cat([self.backbone(to_model_input(chunk, self.preprocessing)) for chunk in train_photos.split(64)])
         self.mean, self.std = x.mean(0), x.std(0) + 1e-6
@@ -215,9 +216,7 @@ class PretrainedTeacher(torch.nn.Module):
     @torch.no_grad()
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) augmented views in [0, 1] -> logits."""
-        size = self.preprocessing.image_size
-        x = F.interpolate(views, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return self.head((self.backbone(normalise(x, self.preprocessing)) - self.mean) / self.std)
+        return self.head((self.backbone(fit_to_model(views, self.preprocessing)) - self.mean) / self.std)
 
 
 def train_and_validate(
@@ -272,9 +271,7 @@ def train_and_validate(
                 batch_preprocessing = Preprocessing(args.train_sizes[int(torch.randint(len(args.train_sizes), ()))])
             if args.teacher_size:  # one augmented view, seen by the teacher at its size and by the student at its own
                 views = augment(train_photos[batch].permute(0, 3, 1, 2).float().div(255), augmentation)
-                size = batch_preprocessing.image_size
-                x = normalise(F.interpolate(views, size=(size, size), mode="bilinear", antialias=True, align_corners=False), batch_preprocessing)
-                targets = train_labels[batch]
+                x, targets = fit_to_model(views, batch_preprocessing), train_labels[batch]
             else:
                 x, targets = to_model_input(train_photos[batch], batch_preprocessing, augmentation), train_labels[batch]
             if args.erase:
