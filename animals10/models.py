@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from animals10.errors import WeightsUnavailableError
@@ -113,19 +114,65 @@ class ResidualBlock(nn.Module):
         return torch.relu(x + self.body(x))
 
 
+def _gabor(radius: int, sigma: float, theta: float, xi: float, slant: float) -> torch.Tensor:
+    """A (2r+1, 2r+1) complex Gabor filter: a Gaussian envelope `sigma` px along `theta` (and `sigma / slant`
+    across it) times a wave of `xi` radians a pixel along `theta`, measured from the vertical axis."""
+    y, x = torch.meshgrid(torch.arange(-radius, radius + 1.0), torch.arange(-radius, radius + 1.0), indexing="ij")
+    along, across = y * math.cos(theta) + x * math.sin(theta), x * math.cos(theta) - y * math.sin(theta)
+    envelope = torch.exp(-(along**2 + slant**2 * across**2) / (2 * sigma**2)) / (2 * math.pi * sigma**2 / slant)
+    return envelope * torch.exp(1j * xi * along)
+
+
+class ScatteringStem(nn.Module):
+    """A fixed first stage: the scattering transform at one scale (Mallat 2012), the start of Oyallon et al.'s
+    (2018) hybrid networks, with kymatio's filters (Andreux et al. 2020). Each colour channel is filtered by
+    Morlet wavelets at `orientations` angles (edges about 3 px apart); the moduli of the responses, and the
+    channel itself, are blurred by a Gaussian and subsampled by two, then normalised. Nothing here is learned:
+    on a few hundred photos, what a first layer would learn comes without fitting them.
+    (B, 3, H, W) -> (B, 3 (1 + orientations), H/2, W/2)."""
+
+    RADIUS = 6  # the filters' half-width: their envelopes are below 0.1% of the peak beyond it
+
+    def __init__(self, orientations: int = 8):
+        super().__init__()
+        thetas = [(orientations // 2 - 1 - k) * math.pi / orientations for k in range(orientations)]
+        wavelets = []
+        for theta in thetas:  # Morlet: a Gabor filter less its envelope in the share that makes its mean zero
+            wave, envelope = (_gabor(self.RADIUS, 0.8, theta, xi, 4 / orientations) for xi in (3 * math.pi / 4, 0.0))
+            wavelets.append(wave - wave.sum() / envelope.sum() * envelope)
+        wavelets = torch.stack(wavelets)
+        self.register_buffer("wavelets", torch.cat([wavelets.real, wavelets.imag]).unsqueeze(1).float(), persistent=False)
+        self.register_buffer("blur", _gabor(self.RADIUS, 0.8, 0.0, 0.0, 1.0).real.float().expand(1 + orientations, 1, -1, -1).clone(), persistent=False)
+        self.orientations, self.out_channels = orientations, 3 * (1 + orientations)
+        self.norm = nn.BatchNorm2d(self.out_channels, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x.reshape(b * c, 1, h, w)  # each colour channel alone
+        pad = (self.RADIUS,) * 4
+        responses = F.conv2d(F.pad(x, pad, mode="reflect"), self.wavelets).unflatten(1, (2, self.orientations))
+        moduli = torch.linalg.vector_norm(responses, dim=1)  # |real + i imaginary|
+        blurred = F.conv2d(F.pad(torch.cat([x, moduli], 1), pad, mode="reflect"), self.blur, stride=2, groups=1 + self.orientations)
+        return self.norm(blurred.reshape(b, self.out_channels, *blurred.shape[-2:]))
+
+
 class CustomCNN(nn.Module):
     """Conv-BN-ReLU + max-pool blocks that halve the resolution and double the channels, then a dense head.
 
-    `residual=True` adds a residual block after each downsampling.
+    `residual=True` adds a residual block after each downsampling. `scattering=N` makes the first block a
+    fixed `ScatteringStem` with N orientations instead (its width, `widths[0]`, is then 3 (1 + N)).
     Global average pooling before the dense layers keeps it independent of the input size and small
     (about 0.5 M parameters plain, 2.4 M residual, at the default widths).
     """
 
     def __init__(
-        self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256), hidden: int = 256, dropout: float = 0.5, residual: bool = False
-    ):
+        self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256), hidden: int = 256, dropout: float = 0.5, residual: bool = False,
+        scattering: int = 0,
+    ):  # fmt: skip
         super().__init__()
         blocks, channels = [], 3
+        if scattering:
+            blocks, channels, widths = [ScatteringStem(scattering)], 3 * (1 + scattering), widths[1:]
         for width in widths:
             blocks += [
                 nn.Conv2d(channels, width, 3, padding=1, bias=False),

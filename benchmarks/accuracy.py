@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/accuracy.py [--data ../shared/data/animals10-sample/raw-img] \
         [--recipes study best] [--models custom_cnn efficientnet_lite0] [--seeds 1 2 3] [--epochs N] \
         [--image-size PX] [--test-size PX] [--fine-tune-lr LR] [--trivial-augment] [--mixup ALPHA] [--cutmix ALPHA] \
-        [--widths 64 128 256 512] [--held-out ../shared/data/bench-images]
+        [--widths 64 128 256 512] [--scattering 8] [--held-out ../shared/data/bench-images]
 
 Each run trains with Ray Train through the same function as jobs/train.py (animals10.train.train_models)
 on an 80/20 split drawn with one seed, and reports the validation accuracy, macro precision and macro
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--grayscale", type=float, help="turn this share of training photos grey (0: off; default: the recipes')")
     parser.add_argument("--copies", type=int, help="train on each photo of a batch in this many augmented copies")
     parser.add_argument("--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)")
+    parser.add_argument("--scattering", type=int, help="the custom CNN's first block a fixed scattering transform with this many orientations")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on")
     parser.add_argument("--results", default="accuracy_results.json", help="where the per-run figures go")
@@ -70,6 +71,7 @@ def main() -> None:
 
     tree = read_labelled_tree(args.data)  # the same listing train_models makes, for scoring the saved models
     held_out = read_labelled_tree(args.held_out) if args.held_out else None
+    model_kwargs = {**({"widths": tuple(args.widths)} if args.widths else {}), **({"scattering": args.scattering} if args.scattering else {})}
     runs = []
     for recipe in args.recipes:
         for model in args.models:
@@ -78,7 +80,7 @@ def main() -> None:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
-                        fine_tune_lr=args.fine_tune_lr, model_kwargs={"widths": tuple(args.widths)} if args.widths else None, copies=args.copies,
+                        fine_tune_lr=args.fine_tune_lr, model_kwargs=model_kwargs or None, copies=args.copies,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)  # fmt: skip
                     start = time.perf_counter()
                     [trained] = train_models(config)

@@ -8,7 +8,7 @@
         [--fixres-crop 0.8] [--concat-pool] [--spatial-dropout 0.1] [--group-norm 8] \
         [--stem-kernel 5] [--rotation-labels] [--train-share 0.5] [--copies 2] [--train-sizes 56 64 72] [--prototypes] \
         [--grayscale 0.2] [--held-out ../shared/data/bench-images --held-out-size 72] \
-        [--teacher-size 128 --teacher-share 0.7] [--scattering 4 --widths 128 256] [--seeds 1 2 3]
+        [--teacher-size 128 --teacher-share 0.7] [--scattering 8] [--seeds 1 2 3]
 
 Faster than benchmarks/accuracy.py (no Ray, photos decoded once and kept in memory, one torch thread, so two
 settings can run side by side on two cores), with the project's model, split, decoding and augmentation
@@ -122,7 +122,7 @@ def with_network_changes(model: torch.nn.Module, args) -> torch.nn.Module:
         if args.group_norm and isinstance(module, torch.nn.BatchNorm2d):
             model.features[index] = torch.nn.GroupNorm(min(args.group_norm, module.num_features), module.num_features)
     stem = model.features[0]
-    if args.stem_kernel != stem.kernel_size[0]:
+    if isinstance(stem, torch.nn.Conv2d) and args.stem_kernel != stem.kernel_size[0]:
         model.features[0] = torch.nn.Conv2d(stem.in_channels, stem.out_channels, args.stem_kernel, padding=args.stem_kernel // 2, bias=False)
     if args.concat_pool:
         model.pool = ConcatPool()
@@ -136,35 +136,6 @@ def with_network_changes(model: torch.nn.Module, args) -> torch.nn.Module:
                 blocks.append(torch.nn.Dropout2d(args.spatial_dropout))
         model.features = torch.nn.Sequential(*blocks)
     return model
-
-
-class ScatteringHybrid(torch.nn.Module):
-    """A hybrid network (Oyallon et al. 2018): a fixed scattering transform (kymatio's, Morlet wavelets at
-    `scales` scales and `orientations` angles, each colour apart; second order where there are two scales) stands
-    in for the first `scales` learned stages; its coefficients, at 1 / 2**scales of the input size and normalised
-    by BatchNorm, feed `network`, whose first convolution takes them. Nothing in the transform is learned, which
-    is the point with 26 photos a class."""
-
-    def __init__(self, network: torch.nn.Module, orientations: int, scales: int):
-        super().__init__()
-        try:
-            from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
-        except ImportError as error:
-            raise SystemExit("--scattering needs kymatio: pip install kymatio") from error
-        self.make = lambda size: ScatteringTorch2D(J=scales, shape=(size, size), L=orientations)
-        self.transforms: dict[int, torch.nn.Module] = {}  # input size -> its transform, made when first seen
-        channels = 3 * (1 + scales * orientations + orientations**2 * scales * (scales - 1) // 2)
-        stem = network.features[0]
-        network.features[0] = torch.nn.Conv2d(channels, stem.out_channels, 3, padding=1, bias=False)
-        self.norm, self.network = torch.nn.BatchNorm2d(channels, affine=False), network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-1]
-        if size not in self.transforms:
-            self.transforms[size] = self.make(size)
-        with torch.no_grad():
-            coefficients = self.transforms[size](x.contiguous()).flatten(1, 2)
-        return self.network(self.norm(coefficients))
 
 
 def rotated(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,12 +230,10 @@ def train_and_validate(
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     outputs = num_classes * 4 if args.rotation_labels else num_classes
-    model = create_model("custom_cnn", outputs, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden)
+    model = create_model("custom_cnn", outputs, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden, scattering=args.scattering)
     if args.blurpool:
         model = make_blurpool(model)
     model = with_network_changes(model, args)
-    if args.scattering:
-        model = ScatteringHybrid(model, args.scattering, args.scattering_scales)
     if args.rotation_labels:
         model = RotationLabels(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -433,8 +402,7 @@ def main() -> None:
     parser.add_argument("--held-out-size", type=int, default=72, help="the input size the held-out photos are scored at")
     parser.add_argument("--teacher-size", type=int, default=0, help="distil from pretrained EfficientNet-Lite0 features and a probe, at this size (0: off; ignores --trivial-augment)")
     parser.add_argument("--teacher-share", type=float, default=0.7, help="the share of the loss that matches the pretrained teacher")
-    parser.add_argument("--scattering", type=int, default=0, help="a fixed scattering transform with this many orientations instead of the first stages; --widths are then the later stages' (0: off)")
-    parser.add_argument("--scattering-scales", type=int, default=2, help="the scattering transform's scales (J), and the learned stages it replaces")
+    parser.add_argument("--scattering", type=int, default=0, help="the first block a fixed scattering transform with this many orientations (0: off)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -9,6 +9,7 @@ from animals10.labels import ANIMALS10_CLASSES
 from animals10.models import (
     IMAGENET_CLASSES,
     MOBILENET_V2_CACHE_FILE,
+    ScatteringStem,
     count_parameters,
     create_model,
     list_models,
@@ -29,6 +30,37 @@ def test_forward_and_backward(name):
 
 def test_custom_cnn_is_small():
     assert count_parameters(create_model("custom_cnn", 10)) < 1_000_000
+
+
+def stripes(angle: float, period: float = 2 * np.pi / (3 * np.pi / 4), size: int = 32) -> torch.Tensor:
+    """A (1, 3, size, size) grey photo of stripes whose brightness varies along `angle` (from the vertical)."""
+    y, x = np.mgrid[:size, :size]
+    along = y * np.cos(angle) + x * np.sin(angle)
+    return torch.from_numpy(np.cos(2 * np.pi * along / period)).float().expand(1, 3, size, size).contiguous()
+
+
+def test_scattering_stem_is_fixed_and_finds_the_orientation_of_edges():
+    stem = ScatteringStem(orientations=8).eval()  # fresh statistics: BatchNorm passes its input through
+    assert count_parameters(stem, trainable_only=True) == 0
+    moduli = lambda photo: stem(photo)[0, 1:9, 4:-4, 4:-4].mean((1, 2))  # noqa: E731 (the red channel's 8 orientations)
+    assert moduli(torch.full((1, 3, 32, 32), 0.7)).abs().max() < 1e-4  # a flat photo has no edges
+    for k in range(8):  # stripes at each orientation excite that orientation's wavelet most
+        angle = (8 // 2 - 1 - k) * np.pi / 8
+        assert int(moduli(stripes(angle)).argmax()) == k
+
+
+def test_custom_cnn_with_a_scattering_first_block_learns_only_the_later_blocks():
+    model = create_model("custom_cnn", 10, scattering=8)
+    stem, first_conv = model.features[0], model.features[1]
+    assert isinstance(stem, ScatteringStem) and first_conv.in_channels == 3 * (1 + 8)
+    logits = model(torch.rand(2, 3, 72, 72))
+    logits.sum().backward()
+    assert logits.shape == (2, 10)
+    assert all(p.grad is not None for p in model.parameters()) and not list(stem.parameters())
+    again = create_model("custom_cnn", 10, scattering=8)
+    again.load_state_dict(model.state_dict())  # the fixed filters are rebuilt, not saved
+    photos = torch.rand(2, 3, 72, 72)
+    assert torch.equal(again.eval()(photos), model.eval()(photos))
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
