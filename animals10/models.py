@@ -172,7 +172,8 @@ class CustomCNN(nn.Module):
         super().__init__()
         blocks, channels = [], 3
         if scattering:
-            blocks, channels, widths = [ScatteringStem(scattering)], 3 * (1 + scattering), widths[1:]
+            stem = ScatteringStem(scattering)
+            blocks, channels, widths = [stem], stem.out_channels, widths[1:]
         for width in widths:
             blocks += [
                 nn.Conv2d(channels, width, 3, padding=1, bias=False),
