@@ -436,6 +436,7 @@ def _number(valid, wanted: str, cast=float):
 
 _alpha = _number(lambda v: v >= 0, "a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
 _copies = _number(lambda v: v >= 1 and v.is_integer(), "a number of copies: give a whole number >= 1", cast=int)
+_orientations = _number(lambda v: v >= 0 and v.is_integer(), "a number of orientations: give a whole number >= 0 (0 turns it off)", cast=int)
 _fraction = _number(lambda v: 0 < v < 1, "a share of the photos: give a number above 0 and below 1")
 _probability = _number(lambda v: 0 <= v <= 1, "a probability: give a number from 0 to 1 (0 turns it off)")
 
@@ -461,6 +462,7 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--cutmix", type=_alpha, metavar="ALPHA", help="CutMix with this Beta(alpha, alpha) (0: off)")
     parser.add_argument("--grayscale", type=_probability, metavar="P", help="turn each training photo grey with probability P (default: the recipe's; 0: off)")
     parser.add_argument("--copies", type=_copies, metavar="N", help="train on each photo of a batch in N differently augmented copies (default: the recipe's; 1: once)")
+    parser.add_argument("--scattering", type=_orientations, metavar="N", help="custom_cnn: a fixed first block of Morlet wavelets at N orientations, a scattering transform (default: the recipe's; best: 8; 0: a learned first block)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
     parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
@@ -501,7 +503,9 @@ def config_from_args(args) -> TrainConfig:
         s3_endpoint=args.s3_endpoint,
         copies=args.copies,
     )
-    return config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)
+    config = config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)
+    scattering = None if args.scattering is None else {"scattering": args.scattering} if args.scattering else {}
+    return config.with_model_settings("custom_cnn", model_kwargs=scattering)
 
 
 def init_ray(min_cpus: int = 1) -> None:

@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--grayscale", type=float, help="turn this share of training photos grey (0: off; default: the recipes')")
     parser.add_argument("--copies", type=int, help="train on each photo of a batch in this many augmented copies")
     parser.add_argument("--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)")
-    parser.add_argument("--scattering", type=int, help="the custom CNN's first block a fixed scattering transform with this many orientations")
+    parser.add_argument("--scattering", type=int, help="the custom CNN's first block a fixed scattering transform with this many orientations (0: a learned block; default: the recipes': best 8)")
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on")
     parser.add_argument("--results", default="accuracy_results.json", help="where the per-run figures go")
@@ -71,7 +71,6 @@ def main() -> None:
 
     tree = read_labelled_tree(args.data)  # the same listing train_models makes, for scoring the saved models
     held_out = read_labelled_tree(args.held_out) if args.held_out else None
-    model_kwargs = {**({"widths": tuple(args.widths)} if args.widths else {}), **({"scattering": args.scattering} if args.scattering else {})}
     runs = []
     for recipe in args.recipes:
         for model in args.models:
@@ -80,8 +79,9 @@ def main() -> None:
                     config = recipe_config(
                         recipe, data=args.data, output=output, models=(model,), seed=seed, epochs=args.epochs,
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
-                        fine_tune_lr=args.fine_tune_lr, model_kwargs=model_kwargs or None, copies=args.copies,
+                        fine_tune_lr=args.fine_tune_lr, copies=args.copies,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)  # fmt: skip
+                    config = config.with_model_settings("custom_cnn", model_kwargs=cnn_kwargs(config, args.widths, args.scattering))
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start
@@ -144,6 +144,19 @@ def main() -> None:
                     if all(key in r for r in rows):
                         figures = [r[key] for r in rows]
                         print(f"| {recipe} | {label} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
+
+
+def cnn_kwargs(config, widths: list[int] | None, scattering: int | None) -> dict | None:
+    """The custom CNN's constructor arguments: the recipe's, with the widths and scattering given on top
+    (None: the recipe's as they are)."""
+    if widths is None and scattering is None:
+        return None
+    kwargs = dict(config.for_model("custom_cnn").model_kwargs)
+    if widths:
+        kwargs["widths"] = tuple(widths)
+    if scattering is not None:
+        kwargs["scattering"] = scattering
+    return {k: v for k, v in kwargs.items() if k != "scattering" or v}
 
 
 def saved_model_metrics(

@@ -77,6 +77,12 @@ def test_command_line_builds_the_recipe_with_its_changes():
     )
     transfer = changed.for_model("efficientnet_lite0")
     assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head, transfer.cache_decoded) == ("best_val_loss", False, False, False)
+    assert cnn.model_kwargs == {"scattering": 8} and config.for_model("efficientnet_lite0").model_kwargs == {}
+    for given, kwargs in (("0", {}), ("4", {"scattering": 4})):
+        scattering = config_from_args(parser.parse_args(["--data", "d", "--scattering", given]))
+        assert scattering.for_model("custom_cnn").model_kwargs == kwargs and scattering.for_model("custom_cnn").copies == 4
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d", "--scattering", "2.5"])
     grey = config_from_args(parser.parse_args(["--data", "d", "--grayscale", "0.3"]))
     assert grey.for_model("custom_cnn").augmentation.grayscale == grey.for_model("efficientnet_lite0").augmentation.grayscale == 0.3
     with pytest.raises(SystemExit):

@@ -141,6 +141,9 @@ def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_sta
 
 
 def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_tree, tmp_path):
+    from animals10.artifact import load_model
+    from animals10.models import ScatteringStem
+
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [
         sys.executable, "jobs/train.py", "--data", str(demo_tree), "--model", "custom_cnn", "--model", "efficientnet_lite0",
@@ -151,6 +154,9 @@ def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_
     for name in ("custom_cnn", "efficientnet_lite0"):
         assert (tmp_path / "run" / name / "model.safetensors").is_file()
         assert (tmp_path / "run" / name / "history.csv").read_text().startswith("train_loss,")
+    card = json.loads((tmp_path / "run" / "custom_cnn" / "model_card.json").read_text())
+    assert card["model_kwargs"] == {"scattering": 8}  # best's fixed first block: loading builds it again
+    assert isinstance(load_model(str(tmp_path / "run" / "custom_cnn"), "cpu").model.features[0], ScatteringStem)
     table = done.stdout
     assert "Accuracy" in table and "Precision" in table and "Recall" in table
     assert "custom_cnn" in table and "efficientnet_lite0" in table
