@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from animals10 import storage
-from animals10.errors import DataError, StorageError
+from animals10.errors import DataError, NotFoundError, StorageError
 from animals10.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, load_array
 from animals10.labels import class_name_for_folder, class_names_for_folders
 
@@ -97,6 +97,8 @@ def photo_error(error: Exception) -> str:
     """The `error` string of a file that cannot be used: "<kind>: <why>"."""
     if isinstance(error, ImageDecodeError):
         return f"{error.kind}: {error}"
+    if isinstance(error, (NotFoundError, FileNotFoundError)):
+        return f"missing: {error}"
     return f"unreadable: {error}"
 
 
@@ -106,6 +108,8 @@ def load_photo(path: str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS)
         return load_array(storage.read_bytes(path), image_size, max_pixels), ""
     except (ImageDecodeError, OSError, StorageError) as error:
         return None, photo_error(error)
+    except Exception as error:  # noqa: BLE001 - one odd file must never stop a job
+        return None, f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:

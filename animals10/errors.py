@@ -13,6 +13,10 @@ class StorageError(Animals10Error):
     """A path or bucket that cannot be read or written."""
 
 
+class NotFoundError(StorageError):
+    """A file or object that does not exist (any more)."""
+
+
 class WeightsUnavailableError(Animals10Error):
     """Pretrained weights were asked for but cannot be had."""
 

@@ -1,4 +1,4 @@
-"""Local paths and s3:// URIs behind one small API: list, read, write, copy directories.
+"""Local paths and s3:// URIs behind one small API: list (whole or as a stream), read, write, copy.
 
 Credentials come from the standard AWS chain (environment, shared config, instance role);
 `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) points at an S3-compatible store.
@@ -10,8 +10,9 @@ import functools
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
-from animals10.errors import StorageError
+from animals10.errors import NotFoundError, StorageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -58,7 +59,7 @@ def s3_client():
 
 
 
-def _explain(uri: str, error: Exception) -> StorageError:
+def explain(uri: str, error: Exception) -> StorageError:
     """One sentence for the ways S3 access fails."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -71,37 +72,79 @@ def _explain(uri: str, error: Exception) -> StorageError:
         if code in ("NoSuchBucket",):
             return StorageError(f"The bucket of '{uri}' does not exist.")
         if code in ("NoSuchKey", "404", "NotFound"):
-            return StorageError(f"'{uri}' does not exist.")
+            return NotFoundError(f"'{uri}' does not exist.")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StorageError(f"Access to '{uri}' was denied ({code}); check the credentials and bucket policy.")
         return StorageError(f"S3 refused '{uri}': {code or error}.")
     return StorageError(f"Cannot access '{uri}': {error}.")
 
 
+def visible(name: str, extensions: tuple[str, ...] | None = None) -> bool:
+    """A file name that listings keep: not hidden, and with one of `extensions` (any case) when given."""
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and (extensions is None or base.lower().endswith(extensions))
+
+
+def iter_s3_objects(uri: str, recursive: bool = True, page_size: int = 1000) -> Iterator[list[str]]:
+    """The object URIs under an S3 prefix, one listing page at a time (`page_size` keys at most), in
+    key order. Not `recursive`: only the objects directly under the prefix, as a folder listing shows."""
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size, **({} if recursive else {"Delimiter": "/"})}
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+            yield [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+    except Exception as error:  # noqa: BLE001 - translated into one sentence
+        raise explain(uri, error) from error
+
+
+def s3_subfolders(uri: str) -> Iterator[str]:
+    """The "folders" (common prefixes) directly under an S3 prefix, as s3:// URIs ending in '/', in order."""
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                yield f"s3://{bucket}/{common['Prefix']}"
+    except Exception as error:  # noqa: BLE001
+        raise explain(uri, error) from error
+
+
+def walk_local(root: str | Path, recursive: bool = True) -> Iterator[str]:
+    """The files under a local folder, lazily, in a stable order: each folder's files by name, then its
+    sub-folders by name, depth first. Hidden files and folders are skipped. Only one folder's entries
+    are held at a time."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError as error:
+        raise NotFoundError(f"'{root}' does not exist.") from error
+    except NotADirectoryError:
+        yield str(root)
+        return
+    folders = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            folders.append(entry.path)
+        elif entry.is_file():
+            yield entry.path
+    if recursive:
+        for folder in folders:
+            yield from walk_local(folder)
+
+
 def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]:
-    """Every file under `uri`, recursively, sorted; only those with `extensions` (any case) when given."""
-
-    def wanted(name: str) -> bool:
-        base = name.rsplit("/", 1)[-1]
-        if base.startswith("."):
-            return False
-        return extensions is None or base.lower().endswith(extensions)
-
+    """Every file under `uri`, recursively, sorted; only those with `extensions` (any case) when given.
+    For small trees (a training set, a model folder); bulk jobs use the streams above."""
     if is_s3(uri):
-        bucket, prefix = split_s3(uri)
-        prefix = prefix.rstrip("/") + "/" if prefix else ""
-        try:
-            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        except Exception as error:  # noqa: BLE001 - translated into one sentence
-            raise _explain(uri, error) from error
-        return sorted(f"s3://{bucket}/{key}" for key in keys if not key.endswith("/") and wanted(key))
+        return sorted(p for page in iter_s3_objects(uri) for p in page if visible(p, extensions))
     root = Path(uri)
     if not root.exists():
-        raise StorageError(f"'{uri}' does not exist.")
+        raise NotFoundError(f"'{uri}' does not exist.")
     if root.is_file():
-        return [str(root)] if wanted(root.name) else []
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and wanted(p.name))
+        return [str(root)] if visible(root.name, extensions) else []
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and visible(p.name, extensions))
 
 
 def read_bytes(uri: str) -> bytes:
@@ -110,8 +153,11 @@ def read_bytes(uri: str) -> bytes:
         try:
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as error:  # noqa: BLE001
-            raise _explain(uri, error) from error
-    return Path(uri).read_bytes()
+            raise explain(uri, error) from error
+    try:
+        return Path(uri).read_bytes()
+    except FileNotFoundError as error:
+        raise NotFoundError(f"'{uri}' does not exist.") from error
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -121,7 +167,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         try:
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         except Exception as error:  # noqa: BLE001
-            raise _explain(uri, error) from error
+            raise explain(uri, error) from error
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +188,7 @@ def exists(uri: str) -> bool:
 
             if isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise _explain(uri, error) from error
+            raise explain(uri, error) from error
     return Path(uri).exists()
 
 
@@ -151,17 +197,6 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
     local_dir = Path(local_dir)
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         write_bytes(join(uri, path.relative_to(local_dir).as_posix()), path.read_bytes())
-
-
-def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copies the files under an S3 prefix into `local_dir`."""
-    local_dir = Path(local_dir)
-    prefix = uri.rstrip("/") + "/"
-    for file_uri in list_files(uri):
-        target = local_dir / file_uri[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(file_uri))
-    return local_dir
 
 
 def check_writable(uri: str) -> None:
@@ -183,7 +218,8 @@ def check_writable(uri: str) -> None:
 def arrow_filesystem(uri: str):
     """(pyarrow filesystem, path) for `uri`, honouring the S3 endpoint override.
 
-    Ray Train persists checkpoints through it; transient S3 errors are retried, not fatal."""
+    Ray Train persists checkpoints through it; transient S3 errors are retried, not fatal. One
+    filesystem per endpoint and region is made per process and reused."""
     import pyarrow.fs as pafs
 
     if is_s3(uri):
@@ -191,8 +227,43 @@ def arrow_filesystem(uri: str):
         if endpoint:
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         else:
-            region = pafs.resolve_s3_region(split_s3(uri)[0])  # AWS: the bucket's own region
-        retries = pafs.AwsStandardS3RetryStrategy(max_attempts=10)
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, region=region, retry_strategy=retries)
-        return fs, str(uri)[len("s3://"):]
+            region = _bucket_region(split_s3(uri)[0])  # AWS: the bucket's own region
+        return _s3_filesystem(endpoint, region), str(uri)[len("s3://"):]
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+@functools.lru_cache(maxsize=None)
+def _s3_filesystem(endpoint: str | None, region: str):
+    import pyarrow.fs as pafs
+
+    retries = pafs.AwsStandardS3RetryStrategy(max_attempts=10)
+    return pafs.S3FileSystem(endpoint_override=endpoint, region=region, retry_strategy=retries)
+
+
+@functools.lru_cache(maxsize=256)
+def _bucket_region(bucket: str) -> str:
+    import pyarrow.fs as pafs
+
+    return pafs.resolve_s3_region(bucket)
+
+
+def open_stream(uri: str):
+    """A pyarrow input stream over a file, read as it is consumed; `.gz` files are decompressed."""
+    fs, path = arrow_filesystem(uri)
+    try:
+        return fs.open_input_stream(path, compression="gzip" if path.lower().endswith(".gz") else None)
+    except FileNotFoundError as error:
+        raise NotFoundError(f"'{uri}' does not exist.") from error
+    except OSError as error:
+        raise StorageError(f"Cannot read '{uri}': {error}.") from error
+
+
+def open_random_access(uri: str):
+    """A seekable pyarrow file (Parquet readers fetch only the ranges they need)."""
+    fs, path = arrow_filesystem(uri)
+    try:
+        return fs.open_input_file(path)
+    except FileNotFoundError as error:
+        raise NotFoundError(f"'{uri}' does not exist.") from error
+    except OSError as error:
+        raise StorageError(f"Cannot read '{uri}': {error}.") from error

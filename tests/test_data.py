@@ -71,5 +71,5 @@ def test_decode_batch_marks_bad_files_and_keeps_the_rest(tmp_path):
     missing = tmp_path / "missing.jpg"
     batch = decode_batch({"path": np.array([str(good), str(empty), str(missing)], dtype=object), "label": np.array([0, 1, 2])}, 32)
     assert batch["image"].shape == (3, 32, 32, 3)
-    assert batch["error"][0] == "" and batch["error"][1].startswith("empty") and batch["error"][2].startswith("unreadable")
+    assert batch["error"][0] == "" and batch["error"][1].startswith("empty") and batch["error"][2].startswith("missing")
     assert batch["image"][0].any() and not batch["image"][1].any()
