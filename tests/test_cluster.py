@@ -6,11 +6,14 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.s3_proxy import S3Proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -143,82 +146,25 @@ def test_training_survives_a_lost_worker(scenario, tmp_path):
     assert (Path(result["artifact"]) / "model.safetensors").stat().st_size > 100_000
 
 
-class FlakyS3Proxy:
-    """An HTTP proxy on 127.0.0.1 in front of the S3 server that answers every `every`-th write with
-    503 SlowDown, as S3 does under load: the transient error that must not end a run. A request that
-    was refused once goes through when it is retried."""
+class SlowDownEveryThirdWrite:
+    """Answers every third write with 503 SlowDown, as S3 does under load: the transient error that must
+    not end a run. A request that was refused once goes through when it is retried."""
 
-    def __init__(self, upstream: str, every: int = 3):
-        import http.client
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import urlparse
+    def __init__(self, every: int = 3):
+        self.every, self.num_writes, self.num_failed = every, 0, 0
+        self.refused: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()
 
-        target = urlparse(upstream)
-        proxy = self
-        self.num_writes = 0
-        self.num_failed = 0
-        refused: set[tuple[str, str]] = set()
-        lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-            def _forward(self):
-                body = self._body()
-                if self.command in ("PUT", "POST"):
-                    with lock:
-                        proxy.num_writes += 1
-                        fail = proxy.num_writes % every == 0 and (self.command, self.path) not in refused
-                        if fail:
-                            refused.add((self.command, self.path))
-                            proxy.num_failed += 1
-                    if fail:
-                        error = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                        self.send_response(503)
-                        self.send_header("Content-Type", "application/xml")
-                        self.send_header("Content-Length", str(len(error)))
-                        self.end_headers()
-                        self.wfile.write(error)
-                        return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
-                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                connection.request(self.command, self.path, body=body, headers={**headers, "Content-Length": str(len(body))})
-                response = connection.getresponse()
-                payload = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
-                        self.send_header(key, value)
-                # A HEAD answer has no body but tells the object's size.
-                length = response.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(payload))
-                self.send_header("Content-Length", length)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-                connection.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
+    def __call__(self, method: str, path: str):
+        if method not in ("PUT", "POST"):
+            return None
+        with self.lock:
+            self.num_writes += 1
+            if self.num_writes % self.every or (method, path) in self.refused:
+                return None
+            self.refused.add((method, path))
+            self.num_failed += 1
+        return 503, b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
 
 
 def test_transient_s3_errors_during_checkpointing_are_retried(ray_session, s3_bucket, demo_tree, monkeypatch):
@@ -227,7 +173,8 @@ def test_transient_s3_errors_during_checkpointing_are_retried(ray_session, s3_bu
     from animals10.train import train_models
 
     storage.upload_dir(demo_tree, f"s3://{s3_bucket}/raw-img")
-    proxy = FlakyS3Proxy(os.environ["AWS_ENDPOINT_URL"], every=3)
+    flaky = SlowDownEveryThirdWrite()
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=flaky)
     monkeypatch.setenv("AWS_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])  # restored after the test
     try:
         [trained] = train_models(
@@ -238,6 +185,6 @@ def test_transient_s3_errors_during_checkpointing_are_retried(ray_session, s3_bu
         )
     finally:
         proxy.close()
-    assert proxy.num_failed >= 3  # checkpoints and the artifact met real 503s on the way
+    assert flaky.num_failed >= 3  # checkpoints and the artifact met real 503s on the way
     assert [h["epoch"] for h in trained.history] == [1, 2]
     assert storage.exists(f"s3://{s3_bucket}/runs/flaky/custom_cnn/model.safetensors")
