@@ -7,7 +7,7 @@ the same preprocessing (animals10.imaging.load_array, then animals10.predictor.P
 same batch size:
   (a) plain loop: one process reads, decodes and classifies batch after batch;
   (b) torch DataLoader: 2 worker processes read and decode, the main process classifies;
-  (c) the Ray Data job, animals10.batch.classify_images, writing Parquet as users run it.
+  (c) the Ray Data job, animals10.batch.job.classify_images, writing Parquet as users run it.
 For each, on one pass over the photos: the whole job (from loading the model to the last
 prediction; for Ray also listing the files, starting the pipeline's workers and writing the parts,
 but not starting Ray itself, which a cluster has running already) and the rate after the first
@@ -119,7 +119,7 @@ def run_dataloader(model_uri: str, paths: list[str], batch_size: int, num_worker
 
 
 def run_ray_job(model_uri: str, images_dir: str, batch_size: int, decode_cpus: float, actor_cpus: float, concurrency: int) -> tuple[Result, dict]:
-    from animals10.batch import BatchConfig, classify_images
+    from animals10.batch.job import BatchConfig, classify_images
 
     with tempfile.TemporaryDirectory() as output:
         config = BatchConfig(
@@ -130,7 +130,6 @@ def run_ray_job(model_uri: str, images_dir: str, batch_size: int, decode_cpus: f
             concurrency=concurrency,
             num_cpus_per_actor=actor_cpus,
             num_cpus_per_decode_task=decode_cpus,
-            rows_per_file=100_000,
             progress=False,
         )
         summary = classify_images(config)

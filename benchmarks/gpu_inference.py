@@ -7,9 +7,10 @@ random weights, 128 px), the same preprocessing and batch size, on one GPU:
   (a) model alone: the Predictor on one decoded batch, over and over (the GPU's ceiling, host copy included);
   (b) baseline: a torch DataLoader whose worker processes (all CPUs but one) read and decode, the
       main process classifies on the GPU: what one would write by hand;
-  (c) the Ray Data job (animals10.batch.classify_images) decoding on the CPUs, writing Parquet;
-  (d) the same job with `gpu_decode`: JPEGs decoded by nvJPEG on the replica's GPU.
-Ratios are against (b). The labels of (c) and (d) are compared with (b)'s photo by photo: the GPU's
+  (c) the Ray Data job (animals10.batch.job.classify_images) decoding on the CPUs, writing Parquet;
+  (d) the same job with `--decode gpu`: JPEGs decoded by nvJPEG on the replica's GPU, a batch a call;
+  (e) the same job with `--decode mixed`: half of the JPEGs on the GPU, half on the CPUs.
+Ratios are against (b). The labels of (c)-(e) are compared with (b)'s photo by photo: the GPU's
 decoder and resize differ from Pillow's in rounding only, which may flip a label of this untrained
 model now and then, never many. Runs on a CPU too (then (d) decodes on the CPU), to check the script.
 """
@@ -92,15 +93,20 @@ def dataloader_baseline(model_uri: str, paths: list[str], batch_size: int, worke
     return figures, labels
 
 
-def ray_job(model_uri: str, images_dir: str, output: str, batch_size: int, gpu_decode: bool) -> tuple[dict, dict[str, str]]:
-    from animals10.batch import BatchConfig, classify_images, list_parts, read_parts
+DECODING = {"cpu": "decoding on the CPUs", "gpu": "nvJPEG decoding on the GPU", "mixed": "half the JPEGs decoded on the GPU"}
 
-    config = BatchConfig(model_uri, images_dir, output, batch_size=batch_size, gpu_decode=gpu_decode, rows_per_file=100_000, progress=False)
+
+def ray_job(model_uri: str, images_dir: str, output: str, batch_size: int, decode: str) -> tuple[dict, dict[str, str]]:
+    import pyarrow.dataset as pads
+
+    from animals10.batch.job import BatchConfig, classify_images
+
+    config = BatchConfig(model_uri, images_dir, output, batch_size=batch_size, decode=decode, progress=False)
     summary = classify_images(config)
-    table = read_parts(list_parts(output), columns=("path", "label"))
+    table = pads.dataset(output, format="parquet").to_table(columns=["path", "label"])
     labels = dict(zip(table.column("path").to_pylist(), table.column("label").to_pylist()))
     figures = {
-        "name": "Ray Data job, " + ("nvJPEG decoding on the GPU" if gpu_decode else "decoding on the CPUs"),
+        "name": "Ray Data job, " + DECODING[decode],
         "images": summary.files_seen,
         "whole_s": summary.wall_time_s,
         "whole_ips": summary.images_per_second,
@@ -147,8 +153,8 @@ def main() -> int:
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         runs = [baseline]
-        for gpu_decode in (False, True):
-            figures, labels = ray_job(model_uri, long_dir, str(Path(tmp) / f"out_{gpu_decode}"), args.batch_size, gpu_decode)
+        for decode in DECODING:
+            figures, labels = ray_job(model_uri, long_dir, str(Path(tmp) / f"out_{decode}"), args.batch_size, decode)
             figures["same_label_as_baseline"] = agreement(labels, baseline_labels)
             runs.append(figures)
             print(json.dumps(figures), flush=True)

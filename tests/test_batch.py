@@ -15,20 +15,15 @@ import pytest
 from PIL import Image
 
 from animals10 import storage
-from animals10.batch import (
-    PART_PREFIX,
-    SUMMARY_FILE,
-    BatchConfig,
-    ClassifyBatch,
-    classify_images,
-    list_parts,
-    prediction_schema,
-    read_and_decode,
-)
+from animals10.batch.job import BatchConfig, classify_images
+from animals10.batch.parts import PART_PREFIX, PART_SUFFIX, SUMMARY_FILE, prediction_schema
+from animals10.batch.sources import Shard
+from animals10.batch.steps import ClassifyShard, _shard_table, decode_shard
 from animals10.cli import main
 from animals10.imaging import load_array
 from animals10.labels import class_name_for_folder
 from tests.conftest import _free_port, jpeg_bytes, random_photo
+from tests.s3_proxy import S3Proxy
 
 pytestmark = pytest.mark.ray
 
@@ -37,6 +32,10 @@ def encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, fmt, **kwargs)
     return buffer.getvalue()
+
+
+def list_parts(output_uri: str) -> list[str]:
+    return [u for u in storage.list_files(output_uri, (PART_SUFFIX,)) if u.rsplit("/", 1)[-1].startswith(PART_PREFIX)]
 
 
 def read_output(output_uri: str) -> pa.Table:
@@ -71,10 +70,12 @@ def test_folder_gives_one_row_per_photo_in_the_documented_schema(demo_output, de
     assert sorted(table.column("path").to_pylist()) == photo_paths(demo_tree)
     assert table.column("error").null_count == table.num_rows
     assert set(table.column("model").to_pylist()) == {json.loads((Path(untrained_artifact) / "model_card.json").read_text())["id"]}
-    # 120 rows at 50 a part; nothing else is visible beside the parts and the summary.
+    # 12 photos in each of 10 class folders, two parts a folder (6 rows, an eighth of 50, then the other
+    # 6); nothing else is visible beside the parts and the summary.
     names = sorted(p.name for p in Path(output).iterdir())
-    assert names[0] == SUMMARY_FILE and len(names) == 1 + 3
+    assert names[0] == SUMMARY_FILE and len(names) == 1 + 20
     assert all(n.startswith(PART_PREFIX) and n.endswith(".parquet") for n in names[1:])
+    assert summary.parts_written == summary.parts == 20
     assert summary.complete and summary.files_seen == table.num_rows == 120
     assert read_summary(output)["classified"] == 120
     assert sum(read_summary(output)["per_class"].values()) == 120
@@ -178,7 +179,7 @@ def test_bucket_in_and_parquet_back_into_the_bucket(ray_session, untrained_artif
             "--batch-size", "4",
             "--rows-per-file", "5",
             "--s3-endpoint", s3_server,
-            "--gpu-decode",  # no GPU here: must fall back to CPU decoding
+            "--decode", "gpu",  # no GPU here: must fall back to CPU decoding
             "--no-progress",
         ]
     )
@@ -188,37 +189,13 @@ def test_bucket_in_and_parquet_back_into_the_bucket(ray_session, untrained_artif
     rows = {r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
     assert rows["cane/zero.JPEG"]["error"].startswith("empty: ")
     assert rows["gatto/0.jpg"]["true_label"] == "cat" and rows["cane/0.jpg"]["true_label"] == "dog"
-    assert len(list_parts(f"s3://{s3_bucket}/predictions")) == 3
+    assert len(list_parts(f"s3://{s3_bucket}/predictions")) == 8  # 1, 1, 2 and 1 or 2 rows in each folder
     assert read_summary(f"s3://{s3_bucket}/predictions")["files_seen"] == 11
     assert "Predictions written to" in capsys.readouterr().out
-
-
-# --- Interrupted, then resumed ----------------------------------------------------------------
-
-
-def test_interrupted_job_resumed_has_no_duplicates_and_no_gaps(ray_session, demo_tree, untrained_artifact, tmp_path):
-    output = str(tmp_path / "out")
-    config = BatchConfig(untrained_artifact, str(demo_tree), output, batch_size=8, rows_per_file=8, progress=False, stop_after_parts=3)
-    first = classify_images(config)
-    assert first.stopped_early and not first.complete
-    parts = sorted(list_parts(output))
-    assert len(parts) == 3 and read_output(output).num_rows == 24
-    os.remove(parts[0])  # a part lost as well: its photos must be classified again
-
-    with pytest.raises(Exception, match="--resume"):
-        classify_images(BatchConfig(untrained_artifact, str(demo_tree), output, progress=False))
-
-    config.resume, config.stop_after_parts = True, None
-    second = classify_images(config)
-    table = read_output(output)
-    paths = table.column("path").to_pylist()
-    assert len(paths) == len(set(paths)) == 120
-    assert sorted(paths) == photo_paths(demo_tree)
-    assert second.already_done == 16 and second.processed_this_run == 104 and second.complete
-    assert set(parts[1:]) <= set(list_parts(output))  # the parts that survived were kept, not rewritten
-
-    third = classify_images(config)  # nothing left to do
-    assert third.processed_this_run == 0 and third.complete and read_output(output).num_rows == 120
+    # Resumed on S3: every part is found by its shard's name and kept.
+    config = BatchConfig(f"s3://{s3_bucket}/models/custom_cnn", f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/predictions", rows_per_file=5, resume=True, progress=False)
+    again = classify_images(config)
+    assert again.already_done == 11 and again.processed_this_run == 0 and read_output(f"s3://{s3_bucket}/predictions").num_rows == 11
 
 
 # --- An inference replica killed mid-job ------------------------------------------------------
@@ -242,7 +219,7 @@ def inference_actor_pids() -> list[int]:
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if not (title.startswith(b"ray::") and b"ClassifyBatch" in title):
+        if not (title.startswith(b"ray::") and b"ClassifyShard" in title):
             continue
         ancestor = int(entry.name)
         while ancestor > 1 and ancestor != os.getpid():
@@ -280,17 +257,24 @@ def test_killed_inference_actor_is_replaced_and_every_photo_still_has_one_row(ra
 
 
 def test_gpu_decode_without_a_gpu_decodes_on_the_cpu_with_the_same_result(untrained_artifact, tmp_path):
-    photos = {"a.jpg": encode(random_photo(5), "JPEG"), "b.png": encode(random_photo(6), "PNG"), "c.jpg": b"junk"}
+    photos = {"a.jpg": encode(random_photo(5), "JPEG"), "b.png": encode(random_photo(6), "PNG"), "c.jpg": b"junk", "d.jpg": encode(random_photo(7), "JPEG")}
     for name, data in photos.items():
         (tmp_path / name).write_bytes(data)
-    batch = {"path": np.array([str(tmp_path / n) for n in photos], dtype=object)}
-    plain = read_and_decode(batch, 64)
-    gpu_style = read_and_decode(batch, 64, keep_jpeg_bytes=True)
-    assert gpu_style["jpeg"][0] == photos["a.jpg"] and gpu_style["jpeg"][1] == b""  # PNGs decode on the CPU
-    classify = ClassifyBatch(untrained_artifact, top_k=3, gpu_decode=True)
+    shard = _shard_table(Shard("s-000000", paths=[str(tmp_path / n) for n in photos], errors=[""] * 4), None)
+    plain = decode_shard(shard, 64)
+    gpu_style = decode_shard(shard, 64, gpu_share=1.0)
+    mixed = decode_shard(shard, 64, gpu_share=0.5)
+    assert gpu_style.column("jpegs")[0].as_py() == [photos["a.jpg"], b"", b"", photos["d.jpg"]]  # PNGs decode on the CPU
+    assert sum(1 for b in mixed.column("jpegs")[0].as_py() if b) == 1  # half of the JPEGs
+    job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4}
+    classify = ClassifyShard(untrained_artifact, str(tmp_path / "out"), job, labelled=False, gpu_decode=True)
     assert not classify.gpu_decode
-    assert classify(gpu_style).to_pylist() == classify(plain).to_pylist()
-    assert classify(plain).column("error").to_pylist()[2].startswith("not_image: ")
+    results = []
+    for decoded in (plain, gpu_style, mixed):
+        classify(decoded)
+        results.append(read_output(str(tmp_path / "out")).to_pylist())
+    assert results[0] == results[1] == results[2]
+    assert results[0][2]["error"].startswith("not_image: ")
 
 
 # --- Bad input: one sentence and a non-zero exit ----------------------------------------------
@@ -341,3 +325,187 @@ def test_unreachable_s3_is_one_sentence(capsys, untrained_artifact, tmp_path, mo
     nobody = f"http://127.0.0.1:{_free_port()}"
     code, message = run_cli(capsys, "--model", untrained_artifact, "--input", "s3://photos/x/", "--output", str(tmp_path / "out"), "--s3-endpoint", nobody)
     assert_one_sentence(code, message, "Cannot reach the S3 endpoint", "s3://photos/x")
+
+
+# --- Streaming: classification starts while listing goes on -----------------------------------
+
+
+class ListingGate:
+    """Holds back the job's S3 listing requests (its small pages, not the driver's planning pages of
+    1,000) while `hold(prefix, request_number)` says so, for at most a minute; `timed_out` records
+    whether it ever had to give up waiting."""
+
+    def __init__(self, page_size: int, hold):
+        import threading
+
+        self.page_size, self.hold = str(page_size), hold
+        self.requests: list[str] = []
+        self.timed_out = False
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+
+    def __call__(self, method: str, path: str):
+        import time
+        from urllib.parse import parse_qs, urlparse
+
+        query = parse_qs(urlparse(path).query)
+        if method != "GET" or query.get("list-type") != ["2"] or query.get("max-keys") != [self.page_size]:
+            return None
+        with self.lock:
+            self.requests.append(query.get("prefix", [""])[0])
+            number = len(self.requests)
+        deadline = time.monotonic() + 60
+        while self.hold(query.get("prefix", [""])[0], number) and not self.released.is_set():
+            if time.monotonic() > deadline:
+                self.timed_out = True
+                break
+            time.sleep(0.05)
+        return None
+
+
+def put_photos(bucket: str, keys: list[str]) -> list[str]:
+    client = storage.s3_client()
+    for i, key in enumerate(keys):
+        client.put_object(Bucket=bucket, Key=key, Body=encode(random_photo(i, size=(48, 40)), "JPEG"))
+    return sorted(f"s3://{bucket}/{k}" for k in keys)
+
+
+def test_the_first_part_is_written_before_the_listing_has_finished(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
+    expected = put_photos(s3_bucket, [f"photos/{i:02d}.jpg" for i in range(12)])
+    output = tmp_path / "out"
+    # Every listing page after the first waits until a part exists: a job that lists everything
+    # before it classifies would wait here until the gate gives up.
+    gate = ListingGate(page_size=4, hold=lambda prefix, number: number > 1 and not list(output.glob("part-*.parquet")))
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    try:
+        summary = classify_images(BatchConfig(untrained_artifact, f"s3://{s3_bucket}/photos/", str(output), batch_size=4, rows_per_file=4, progress=False))
+    finally:
+        proxy.close()
+    assert not gate.timed_out and len(gate.requests) >= 3
+    assert sorted(read_output(str(output)).column("path").to_pylist()) == expected
+    assert summary.files_seen == 12 and summary.parts == 5  # 1, 1, 2, 4, 4 rows
+
+
+def test_sub_prefixes_are_listed_in_parallel(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
+    expected = put_photos(s3_bucket, [f"photos/{folder}/{i}.jpg" for folder in ("2026-11-30", "2026-12-01") for i in range(3)])
+    # Each folder's first listing request waits until the other folder's listing has begun too:
+    # listed one after the other, the first would wait until the gate gives up.
+    gate = ListingGate(page_size=3, hold=lambda prefix, number: len(set(gate.requests)) < 2)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    try:
+        summary = classify_images(BatchConfig(untrained_artifact, f"s3://{s3_bucket}/photos", str(tmp_path / "out"), rows_per_file=3, progress=False))
+    finally:
+        proxy.close()
+    assert not gate.timed_out and {p.rsplit("/", 2)[-2] for p in gate.requests} == {"2026-11-30", "2026-12-01"}
+    assert sorted(read_output(str(tmp_path / "out")).column("path").to_pylist()) == expected
+    assert "true_label" not in read_output(str(tmp_path / "out")).column_names and summary.parts == 6
+
+
+# --- A killed job, resumed --------------------------------------------------------------------
+
+
+def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_parts(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import time
+
+    expected = put_photos(s3_bucket, [f"photos/{i:02d}.jpg" for i in range(24)])
+    output = tmp_path / "out"
+    # Listing stops after two pages of four until the job has been killed: the kill lands midway.
+    killed = []
+    gate = ListingGate(page_size=4, hold=lambda prefix, number: number > 2 and not killed)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    argv = [sys.executable, "-m", "animals10.cli", "infer", "--model", untrained_artifact, "--input", f"s3://{s3_bucket}/photos/",
+            "--output", str(output), "--rows-per-file", "4", "--batch-size", "4", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    job = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(output.glob("part-*.parquet"))) < 2 and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert job.poll() is None, job.stderr.read().decode()[-2000:]
+        job.send_signal(signal.SIGKILL)
+        job.wait(timeout=30)
+        finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in output.glob("part-*.parquet")}
+        finished_rows = sum(pq.read_metadata(output / name).num_rows for name in finished)
+        killed.append(True)
+        assert 2 <= len(finished) < 8  # of 8 parts: 1, 1, 2, then 4 rows each
+
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        config = BatchConfig(untrained_artifact, f"s3://{s3_bucket}/photos/", str(output), batch_size=4, rows_per_file=4, progress=False)
+        with pytest.raises(Exception, match="--resume"):
+            classify_images(config)
+        config.resume = True
+        summary = classify_images(config)
+    finally:
+        proxy.close()
+    paths = read_output(str(output)).column("path").to_pylist()
+    assert sorted(paths) == expected and len(paths) == len(set(paths))
+    kept = {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name in finished for p in [output / name]}
+    assert kept == finished  # the parts of the killed run were kept as they were, not rewritten
+    assert summary.complete and summary.files_seen == 24 and summary.already_done >= finished_rows
+    assert summary.already_done + summary.processed_this_run == 24
+
+    again = classify_images(config)  # nothing left to do
+    assert again.processed_this_run == 0 and again.already_done == 24 and read_output(str(output)).num_rows == 24
+
+
+def test_resuming_with_another_part_size_is_one_sentence(ray_session, demo_tree, untrained_artifact, tmp_path):
+    output = str(tmp_path / "out")
+    classify_images(BatchConfig(untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=5, progress=False))
+    with pytest.raises(Exception, match="--rows-per-file 5, not 6"):
+        classify_images(BatchConfig(untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=6, resume=True, progress=False))
+
+
+# --- Manifests --------------------------------------------------------------------------------
+
+
+def test_a_manifest_job_classifies_each_uri_once_and_names_rows_it_cannot_use(ray_session, untrained_artifact, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = []
+    for i in range(5):
+        (photos / f"{i}.jpg").write_bytes(encode(random_photo(i), "JPEG"))
+        good.append(str(photos / f"{i}.jpg"))
+    rows = good[:3] + ["", "relative/photo.jpg", good[0], str(photos / "gone.jpg")] + good[3:]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("\n".join(rows) + "\n")
+    output = str(tmp_path / "out")
+    summary = classify_images(BatchConfig(untrained_artifact, None, output, input_list=str(manifest), rows_per_file=4, progress=False))
+
+    table = read_output(output).to_pylist()
+    by_path = {r["path"]: r for r in table}
+    assert len(table) == 8 and sorted(by_path) == sorted(set(rows))  # the repeat of good[0] left out
+    assert all(by_path[p]["error"] is None and by_path[p]["label"] for p in good)
+    assert by_path[""]["error"].startswith("invalid: ") and by_path["relative/photo.jpg"]["error"].startswith("invalid: ")
+    assert by_path[str(photos / "gone.jpg")]["error"].startswith("missing: ")
+    assert summary.duplicates == 1 and summary.classified == 5 and summary.failed_by_kind == {"invalid": 2, "missing": 1}
+    assert read_summary(output)["duplicates"] == 1
+
+
+def test_an_s3_inventory_in_the_bucket_feeds_the_job(ray_session, untrained_artifact, s3_bucket, monkeypatch, capsys):
+    import gzip
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
+    expected = put_photos(s3_bucket, [f"photos/day {d}/{i}.jpg" for d in (1, 2) for i in range(3)])
+    keys = [storage.split_s3(u)[1] for u in expected]
+    data = gzip.compress("".join(f'"{s3_bucket}","{k.replace(" ", "+")}","100"\n' for k in keys).encode())
+    storage.write_bytes(f"s3://{s3_bucket}/inventory/photos/all/data/1.csv.gz", data)
+    manifest = {"destinationBucket": f"arn:aws:s3:::{s3_bucket}", "fileFormat": "CSV", "fileSchema": "Bucket, Key, Size",
+                "files": [{"key": "inventory/photos/all/data/1.csv.gz", "size": len(data), "MD5checksum": "x"}]}  # fmt: skip
+    storage.write_bytes(f"s3://{s3_bucket}/inventory/photos/all/2026-12-01T01-00Z/manifest.json", json.dumps(manifest).encode())
+    code = main(["infer", "--model", untrained_artifact, "--input-list", f"s3://{s3_bucket}/inventory/photos/all/2026-12-01T01-00Z/manifest.json",
+                 "--output", f"s3://{s3_bucket}/predictions", "--no-progress"])  # fmt: skip
+    assert code == 0 and "Predictions written to" in capsys.readouterr().out
+    assert sorted(read_output(f"s3://{s3_bucket}/predictions").column("path").to_pylist()) == expected
+
+
+def test_a_manifest_that_is_not_one_is_one_sentence(capsys, untrained_artifact, tmp_path):
+    (tmp_path / "list.xlsx").write_bytes(b"PK\x03\x04\x00\x00binary spreadsheet")
+    code, message = run_cli(capsys, "--model", untrained_artifact, "--input-list", str(tmp_path / "list.xlsx"), "--output", str(tmp_path / "out"))
+    assert_one_sentence(code, message, "list.xlsx", "neither text, CSV nor Parquet")
+    (tmp_path / "list.csv").write_text("name,size\ncat.jpg,1\n")
+    code, message = run_cli(capsys, "--model", untrained_artifact, "--input-list", str(tmp_path / "list.csv"), "--output", str(tmp_path / "out"))
+    assert_one_sentence(code, message, "list.csv", "no path column")

@@ -1,0 +1,274 @@
+"""The batch job's steps inside Ray: list shards, decode them, classify and write them.
+
+Each Ray Data row is one whole shard (its paths as a list), so a shard never splits across tasks or
+actors whatever Ray Data does with blocks, and the actor that classifies a shard writes its part:
+
+    produce_shards (a task per unit)  ->  decode_shard (CPU tasks)  ->  ClassifyShard (actor pool)
+    unit -> shard rows                    paths -> pixels                pixels -> part file -> counts
+
+Only the counts (a few numbers a shard) go back to the driver. These are plain functions and
+classes: they run and test without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from animals10 import storage
+from animals10.batch.parts import error_kind, part_uri, prediction_schema, read_part_stats, write_part
+from animals10.batch.sources import Shard, Unit, iter_shards
+from animals10.data import photo_error
+from animals10.errors import DataError, StorageError
+from animals10.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, load_array, open_image
+
+logger = logging.getLogger(__name__)
+
+SHARD_FIELDS = [
+    pa.field("shard", pa.string()),
+    pa.field("paths", pa.list_(pa.string())),
+    pa.field("errors", pa.list_(pa.string())),  # "" or "<kind>: <why>" per path
+    pa.field("true_labels", pa.list_(pa.string())),  # null unless the input is a labelled tree
+    pa.field("duplicates", pa.int64()),
+    pa.field("done", pa.string()),  # the counts of the part already written by an earlier run (JSON), or ""
+]
+DECODED_FIELDS = [
+    pa.field("pixels", pa.large_binary()),  # (n, S, S, 3) uint8, zeros for bad files and JPEGs left to the GPU
+    pa.field("jpegs", pa.list_(pa.large_binary())),  # JPEG bytes left to the GPU, b"" for the others
+]
+COUNT_FIELDS = [
+    pa.field("shard", pa.string()),
+    pa.field("part", pa.string()),
+    pa.field("rows", pa.int64()),
+    pa.field("classified", pa.int64()),
+    pa.field("duplicates", pa.int64()),
+    pa.field("failed_by_kind", pa.string()),  # JSON {kind: count}
+    pa.field("per_class", pa.string()),  # JSON {label: count}
+    pa.field("skipped", pa.bool_()),  # written by an earlier run
+]
+
+
+def _shard_table(shard: Shard, done: dict | None) -> pa.Table:
+    if done is not None:  # the photos are not needed any more: only the counts travel on
+        shard = Shard(shard.id, duplicates=shard.duplicates)
+    row = {
+        "shard": [shard.id],
+        "paths": [shard.paths],
+        "errors": [shard.errors],
+        "true_labels": [shard.true_labels],
+        "duplicates": [shard.duplicates],
+        "done": [json.dumps(done) if done is not None else ""],
+    }
+    return pa.Table.from_pydict(row, schema=pa.schema(SHARD_FIELDS))
+
+
+def produce_shards(
+    units: pa.Table, output_uri: str, rows_per_part: int, resume: bool, expected: dict, s3_endpoint: str | None = None
+) -> Iterator[pa.Table]:
+    """Ray Data step 1 (a generator): each unit's shards as rows, as they are listed. When resuming,
+    a shard whose part exists is passed on as its counts only, after checking that the part was made
+    by the same model, input and rows per part (`expected`)."""
+    storage.set_s3_endpoint(s3_endpoint)
+    for text in units.column("unit").to_pylist():
+        unit = Unit.from_json(text)
+        for shard in iter_shards(unit, rows_per_part):
+            done = read_part_stats(part_uri(output_uri, shard.id)) if resume else None
+            if done is not None:
+                check_same_job(done, expected, part_uri(output_uri, shard.id))
+            yield _shard_table(shard, done)
+
+
+def check_same_job(stats: dict, expected: dict, uri: str) -> None:
+    """A part of an earlier run may be kept only if the same model, input and rows per part made it."""
+    for name, option in (("model", "--model"), ("input", "--input"), ("rows_per_part", "--rows-per-file")):
+        if stats.get(name) != expected[name]:
+            raise DataError(
+                f"'{uri}' was written with {option} {stats.get(name)}, not {expected[name]}; resume with the same "
+                f"{option}, or choose another --output."
+            )
+
+
+def decode_shard(
+    shards: pa.Table, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, gpu_share: float = 0.0, s3_endpoint: str | None = None
+) -> pa.Table:
+    """Ray Data step 2 (CPU tasks): reads and decodes every photo of each shard at the model's size.
+
+    A file that cannot be used gets its error ("<kind>: <why>") and zeros. With `gpu_share` > 0,
+    that share of the JPEGs nvJPEG can take (spread evenly over the shard) is only checked here
+    and travels as bytes, for the replica's GPU to decode."""
+    storage.set_s3_endpoint(s3_endpoint)
+    pixels, jpegs, errors = [], [], []
+    for row in shards.select(["paths", "errors", "done"]).to_pylist():
+        paths, shard_errors = row["paths"], list(row["errors"])
+        images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
+        blobs = [b""] * len(paths)
+        for i, path in enumerate(paths):
+            if shard_errors[i]:
+                continue
+            try:
+                data = storage.read_bytes(path)
+                if gpu_share > 0 and int((i + 1) * gpu_share) > int(i * gpu_share) and _gpu_decodable(data, max_pixels):
+                    blobs[i] = data
+                else:
+                    images[i] = load_array(data, image_size, max_pixels)
+            except (ImageDecodeError, OSError, StorageError) as error:
+                shard_errors[i] = photo_error(error)
+            except Exception as error:  # noqa: BLE001 - one odd file must never stop the job
+                shard_errors[i] = f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
+            if shard_errors[i]:
+                logger.debug("Skipping %s: %s", path, shard_errors[i])
+        pixels.append(images.tobytes())
+        jpegs.append(blobs)
+        errors.append(shard_errors)
+    out = shards.set_column(shards.schema.get_field_index("errors"), SHARD_FIELDS[2], pa.array(errors, SHARD_FIELDS[2].type))
+    out = out.append_column(DECODED_FIELDS[0], pa.array(pixels, pa.large_binary()))
+    return out.append_column(DECODED_FIELDS[1], pa.array(jpegs, DECODED_FIELDS[1].type))
+
+
+def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
+    """A baseline-or-progressive JPEG without EXIF rotation (nvJPEG ignores EXIF); raises for bad files."""
+    image = open_image(data, max_pixels)
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return False
+    return image.getexif().get(0x0112, 1) == 1
+
+
+class ClassifyShard:
+    """Ray Data step 3 (an actor pool): a `Predictor` loaded once per actor; for each shard, classifies
+    its photos `batch_size` at a time, writes the shard's part and returns the shard's counts.
+
+    Rows whose `error` is set get null predictions. A shard that was already done passes through as
+    its counts."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        output_uri: str,
+        job: dict,
+        labelled: bool,
+        batch_size: int = 64,
+        top_k: int = 3,
+        tta: bool = False,
+        gpu_decode: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        s3_endpoint: str | None = None,
+    ):
+        from animals10.predictor import Predictor
+
+        storage.set_s3_endpoint(s3_endpoint)
+        self.predictor = Predictor(model_uri, top_k=top_k, tta=tta)
+        self.output_uri, self.job, self.labelled = output_uri, job, labelled
+        self.batch_size, self.max_pixels = batch_size, max_pixels
+        self.schema = prediction_schema(labelled)
+        self.gpu_decode = gpu_decode and self.predictor.device.type != "cpu"
+        if gpu_decode and not self.gpu_decode:
+            logger.warning("GPU decoding: this replica has no GPU; decoding JPEGs on the CPU.")
+
+    def __call__(self, shards: pa.Table) -> pa.Table:
+        counts = [self.classify(row) for row in shards.to_pylist()]
+        return pa.Table.from_pylist(counts, schema=pa.schema(COUNT_FIELDS))
+
+    def classify(self, row: dict) -> dict:
+        uri = part_uri(self.output_uri, row["shard"])
+        if row["done"]:
+            return _counts(row["shard"], uri, json.loads(row["done"]), skipped=True)
+        paths, errors = row["paths"], list(row["errors"])
+        size = self.predictor.image_size
+        images = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(len(paths), size, size, 3)
+        if any(row["jpegs"]):
+            images = self._decode_jpegs(row["jpegs"], images, errors)
+        good = [i for i, e in enumerate(errors) if not e]
+        described: list[dict] = []
+        for start in range(0, len(good), self.batch_size):
+            chunk = good[start:start + self.batch_size]
+            described += self.predictor.describe(self.predictor.predict_probabilities(images[chunk]))
+        results = dict(zip(good, described))
+        columns = {
+            name: [results[i][name] if i in results else None for i in range(len(paths))] for name in ("label", "label_index", "confidence", "top_k")
+        }
+        columns.update(path=paths, error=[e or None for e in errors], model=[self.predictor.model_id] * len(paths))
+        if self.labelled:
+            columns["true_label"] = row["true_labels"]
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        stats = {
+            **self.job,
+            "shard": row["shard"],
+            "rows": len(paths),
+            "classified": len(good),
+            "duplicates": row["duplicates"],
+            "failed_by_kind": dict(Counter(error_kind(e) for e in errors if e)),
+            "per_class": dict(Counter(r["label"] for r in described)),
+        }
+        write_part(uri, table, stats)
+        return _counts(row["shard"], uri, stats, skipped=False)
+
+    def _decode_jpegs(self, jpegs: list[bytes], images: np.ndarray, errors: list[str]) -> np.ndarray:
+        """Decodes the photos that travelled as JPEG bytes: with nvJPEG on the GPU, `batch_size` at a
+        time, else (and for any file nvJPEG refuses) with the CPU path, which also names the error."""
+        size = images.shape[1]
+        images = images.copy()
+        todo = [(i, bytes(b)) for i, b in enumerate(jpegs) if b and not errors[i]]
+        decoded: dict[int, np.ndarray] = {}
+        if self.gpu_decode:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start:start + self.batch_size]
+                decoded.update(self._decode_on_device([i for i, _ in chunk], [b for _, b in chunk], size))
+        for i, data in todo:
+            if i in decoded:
+                images[i] = decoded[i]
+                continue
+            try:
+                images[i] = load_array(data, size, self.max_pixels)
+            except ImageDecodeError as error:
+                errors[i] = photo_error(error)
+            except Exception as error:  # noqa: BLE001
+                errors[i] = f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
+        return images
+
+    def _decode_on_device(self, indices: list[int], blobs: list[bytes], size: int) -> dict[int, np.ndarray]:
+        """One nvJPEG call for the whole list, resized on the GPU; one copy back."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        device = self.predictor.device
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        try:
+            outputs = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        except Exception:  # noqa: BLE001 - nvJPEG returns nothing for a batch with one bad file
+            outputs = []
+            for tensor in tensors:
+                try:
+                    outputs.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+                except Exception:  # noqa: BLE001 - left to the CPU path, which names the error
+                    outputs.append(None)
+        kept, resized = [], []
+        for i, image in zip(indices, outputs):
+            if image is None:
+                continue
+            # (3, H, W) uint8 on the GPU -> (3, S, S); antialiased bilinear, as Pillow's resize
+            x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            kept.append(i)
+            resized.append(x[0])
+        if not resized:
+            return {}
+        arrays = torch.stack(resized).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return dict(zip(kept, arrays))
+
+
+def _counts(shard: str, uri: str, stats: dict, skipped: bool) -> dict:
+    return {
+        "shard": shard,
+        "part": uri,
+        "rows": stats["rows"],
+        "classified": stats["classified"],
+        "duplicates": stats.get("duplicates", 0),
+        "failed_by_kind": json.dumps(stats["failed_by_kind"]),
+        "per_class": json.dumps(stats["per_class"]),
+        "skipped": skipped,
+    }
