@@ -61,7 +61,11 @@ def s3_client():
 
 def explain(uri: str, error: Exception) -> StorageError:
     """One sentence for the ways S3 access fails."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
 
     if isinstance(error, NoCredentialsError):
         return StorageError(f"No AWS credentials were found for '{uri}'; set them in the environment or ~/.aws.")
@@ -110,28 +114,30 @@ def s3_subfolders(uri: str) -> Iterator[str]:
         raise explain(uri, error) from error
 
 
-def walk_local(root: str | Path, recursive: bool = True) -> Iterator[str]:
-    """The files under a local folder, lazily, in a stable order: each folder's files by name, then its
-    sub-folders by name, depth first. Hidden files and folders are skipped. Only one folder's entries
-    are held at a time."""
+def walk_local(root: str | Path, recursive: bool = True, ordered: bool = True) -> Iterator[str]:
+    """The files under a local folder, lazily: each folder's files, then its sub-folders, depth first;
+    `ordered`: by name (a stable order), else as the file system lists them (nothing held). Hidden
+    files and folders are skipped. Only one folder's entries are held at a time, and no file is
+    stat'ed: whatever is not a folder counts as a file (a broken link then fails when it is read)."""
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        entries = os.scandir(root)
     except FileNotFoundError as error:
         raise NotFoundError(f"'{root}' does not exist.") from error
     except NotADirectoryError:
         yield str(root)
         return
     folders = []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            folders.append(entry.path)
-        elif entry.is_file():
-            yield entry.path
+    with entries:
+        for entry in sorted(entries, key=lambda e: e.name) if ordered else entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            else:
+                yield entry.path
     if recursive:
         for folder in folders:
-            yield from walk_local(folder)
+            yield from walk_local(folder, ordered=ordered)
 
 
 def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]:

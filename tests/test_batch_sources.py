@@ -57,6 +57,12 @@ def test_a_tree_is_cut_into_shards_with_stable_ids_and_labels(tmp_path):
     assert [s.id for s in shards_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES), rows_per_part=2)] == [s.id for s in shards]
 
 
+def test_a_broken_link_is_listed_so_that_it_gets_its_error_row(tmp_path):
+    expected = write_tree(tmp_path, {"gatto": 2})
+    (tmp_path / "gatto" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert [p for p, _ in rows_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES))] == sorted(expected + [str(tmp_path / "gatto" / "gone.jpg")])
+
+
 def test_folders_that_are_not_classes_or_photos_at_the_top_give_no_labels(tmp_path):
     write_tree(tmp_path, {"holiday": 2, "gatto": 1})
     assert not plan_tree(str(tmp_path), ANIMALS10_CLASSES).labelled
