@@ -509,3 +509,9 @@ def test_a_manifest_that_is_not_one_is_one_sentence(capsys, untrained_artifact, 
     (tmp_path / "list.csv").write_text("name,size\ncat.jpg,1\n")
     code, message = run_cli(capsys, "--model", untrained_artifact, "--input-list", str(tmp_path / "list.csv"), "--output", str(tmp_path / "out"))
     assert_one_sentence(code, message, "list.csv", "no path column")
+
+
+def test_concurrency_takes_one_number_or_a_range(capsys, untrained_artifact, photo_dir, tmp_path):
+    for values in (["3", "1"], ["1", "2", "3"]):
+        code, message = run_cli(capsys, "--model", untrained_artifact, "--input", str(photo_dir), "--output", str(tmp_path / "out"), "--concurrency", *values)
+        assert_one_sentence(code, message, "--concurrency")

@@ -7,6 +7,7 @@ import argparse
 from animals10 import storage
 from animals10.batch.job import DECODE_MODES, BatchConfig, JobSummary, classify_images
 from animals10.batch.parts import SUMMARY_FILE
+from animals10.errors import Animals10Error
 
 
 def _positive_int(text: str) -> int:
@@ -77,10 +78,8 @@ def format_summary(summary: JobSummary) -> str:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    if args.concurrency is not None and len(args.concurrency) > 2:
-        raise SystemExit("animals10 infer: error: --concurrency takes N, or MIN MAX")
-    if args.concurrency is not None and len(args.concurrency) == 2 and args.concurrency[0] > args.concurrency[1]:
-        raise SystemExit("animals10 infer: error: --concurrency MIN MAX needs MIN at most MAX")
+    if args.concurrency is not None and (len(args.concurrency) > 2 or args.concurrency[0] > args.concurrency[-1]):
+        raise Animals10Error("--concurrency takes N replicas, or MIN MAX with MIN at most MAX.")
     storage.set_s3_endpoint(args.s3_endpoint)
     concurrency = None if args.concurrency is None else (args.concurrency[0] if len(args.concurrency) == 1 else tuple(args.concurrency))
     config = BatchConfig(
