@@ -12,68 +12,17 @@ import datetime as dt
 import hashlib
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from animals10 import storage
+from animals10.card import CARD_FILE, ModelCard, read_card
 from animals10.errors import ArtifactError, StorageError
 from animals10.models import create_model, unwrap
-from animals10.transforms import Preprocessing
 
 WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model_card.json"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class ModelCard:
-    """Everything needed to use a model besides its weights."""
-
-    architecture: str
-    class_names: list[str]
-    preprocessing: Preprocessing
-    model_kwargs: dict = field(default_factory=dict)
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    id: str = ""
-    versions: dict = field(default_factory=dict)
-    created_at: str = ""
-
-    def to_dict(self) -> dict:
-        return {
-            "format_version": FORMAT_VERSION,
-            "id": self.id,
-            "architecture": self.architecture,
-            "class_names": list(self.class_names),
-            "preprocessing": self.preprocessing.to_dict(),
-            "model_kwargs": self.model_kwargs,
-            "training": self.training,
-            "metrics": self.metrics,
-            "data": self.data,
-            "versions": self.versions,
-            "created_at": self.created_at,
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelCard":
-        try:
-            return cls(
-                architecture=values["architecture"],
-                class_names=list(values["class_names"]),
-                preprocessing=Preprocessing.from_dict(values["preprocessing"]),
-                model_kwargs=values.get("model_kwargs", {}),
-                training=values.get("training", {}),
-                metrics=values.get("metrics", {}),
-                data=values.get("data", {}),
-                id=values.get("id", ""),
-                versions=values.get("versions", {}),
-                created_at=values.get("created_at", ""),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ArtifactError(f"The model card is missing or has a bad field ({error}).") from error
 
 
 @dataclass
@@ -112,17 +61,6 @@ def save_artifact(model: nn.Module, card: ModelCard, uri: str, extra_files: dict
     storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights)
     storage.write_bytes(storage.join(uri, CARD_FILE), json.dumps(card.to_dict(), indent=2).encode())
     return card.id
-
-
-def read_card(uri: str) -> ModelCard:
-    try:
-        raw = storage.read_bytes(storage.join(uri, CARD_FILE))
-    except (FileNotFoundError, NotADirectoryError, StorageError) as error:
-        raise ArtifactError(f"'{uri}' is not a model artifact: it has no {CARD_FILE}.") from error
-    try:
-        return ModelCard.from_dict(json.loads(raw))
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"The model card in '{uri}' is not valid JSON ({error}).") from error
 
 
 def load_model(uri: str, device: torch.device | str | None = None) -> LoadedModel:

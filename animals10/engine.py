@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animals10.card import Preprocessing
 from animals10.device import autocast, on_gpu
 from animals10.metrics import confusion_matrix
-from animals10.transforms import Augmentation, Preprocessing, mix_batch, to_model_input
+from animals10.transforms import Augmentation, mix_batch, to_model_input
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from animals10 import storage
-from animals10.artifact import ModelCard, read_card
+from animals10.card import ModelCard, read_card
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.errors import ArtifactError, DataError, StorageError
 from animals10.labels import class_name_for_folder

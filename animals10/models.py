@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animals10.card import IMAGENET_MEAN, IMAGENET_STD, UNIT_MEAN, UNIT_STD
 from animals10.errors import WeightsUnavailableError
-from animals10.transforms import IMAGENET_MEAN, IMAGENET_STD, UNIT_MEAN, UNIT_STD
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from animals10 import storage
-from animals10.artifact import read_card
+from animals10.card import read_card
 from animals10.errors import ArtifactError, StorageError
 from animals10.evaluate import ModelEvaluation, evaluate_models
 

@@ -483,7 +483,7 @@ def _interrupt(signum, frame) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import ray
 
-    from animals10.artifact import read_card
+    from animals10.card import read_card
 
     remote = bool(os.environ.get("RAY_ADDRESS"))
     if not remote or args.model.startswith("s3://"):

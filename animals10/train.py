@@ -24,13 +24,14 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from animals10 import storage
-from animals10.artifact import ModelCard, save_artifact
+from animals10.artifact import save_artifact
+from animals10.card import ModelCard, Preprocessing
 from animals10.config import DEFAULT_MODELS, KEEP_CHOICES, RECIPES, TrainConfig, recipe_config
 from animals10.data import LabelledTree, decode_batch, read_labelled_tree, split_indices
 from animals10.engine import EpochTotals, evaluate, train_one_epoch
 from animals10.metrics import classification_metrics
 from animals10.models import create_model, get_model_spec, list_models, unwrap
-from animals10.transforms import Augmentation, Preprocessing
+from animals10.transforms import Augmentation
 
 logger = logging.getLogger(__name__)
 

@@ -14,28 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from animals10.card import UNIT_MEAN, UNIT_STD, Preprocessing
 from animals10.device import on_gpu
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-UNIT_MEAN = (0.0, 0.0, 0.0)  # pixels stay in [0, 1], as the study's Rescaling(1/255)
-UNIT_STD = (1.0, 1.0, 1.0)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a model expects: square input size in pixels and per-channel normalisation of [0, 1] pixels."""
-
-    image_size: int = 128
-    mean: tuple[float, float, float] = UNIT_MEAN
-    std: tuple[float, float, float] = UNIT_STD
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Preprocessing":
-        return cls(int(values["image_size"]), tuple(values["mean"]), tuple(values["std"]))
 
 
 @dataclass(frozen=True)

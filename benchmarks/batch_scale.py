@@ -273,10 +273,10 @@ def print_table(results: dict) -> None:
 def build_artifact(root: Path) -> str:
     import torch
 
-    from animals10.artifact import ModelCard, save_artifact
+    from animals10.artifact import save_artifact
+    from animals10.card import ModelCard, Preprocessing
     from animals10.labels import ANIMALS10_CLASSES
     from animals10.models import create_model
-    from animals10.transforms import Preprocessing
 
     torch.manual_seed(0)
     uri = str(root / "custom_cnn")

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from animals10.card import Preprocessing
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model, get_model_spec
-from animals10.transforms import Preprocessing, to_model_input
+from animals10.transforms import to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 L2_STRENGTHS = (1e-4, 1e-3, 1e-2)

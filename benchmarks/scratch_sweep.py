@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from linear_probe import accuracy, fit_logistic, imagenet_prior
 from torchvision.transforms import v2
 
+from animals10.card import Preprocessing
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model, get_model_spec
-from animals10.transforms import Augmentation, Preprocessing, augment, fit_to_model, mix_batch, to_model_input
+from animals10.transforms import Augmentation, augment, fit_to_model, mix_batch, to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 

@@ -38,10 +38,10 @@ def free_port() -> int:
 def write_artifact(uri: str) -> str:
     import torch
 
-    from animals10.artifact import ModelCard, save_artifact
+    from animals10.artifact import save_artifact
+    from animals10.card import ModelCard, Preprocessing
     from animals10.labels import ANIMALS10_CLASSES
     from animals10.models import create_model, get_model_spec
-    from animals10.transforms import Preprocessing
 
     torch.manual_seed(0)
     spec = get_model_spec("mobilenet_v2")

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from animals10.card import Preprocessing
 from animals10.config import TrainConfig
 from animals10.data import read_labelled_tree, split_indices
 from animals10.engine import train_one_epoch
 from animals10.imaging import load_array
 from animals10.models import create_model
 from animals10.train import init_ray, train_models
-from animals10.transforms import Augmentation, Preprocessing
+from animals10.transforms import Augmentation
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 

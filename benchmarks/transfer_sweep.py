@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from linear_probe import accuracy, fit_logistic, for_standardised_features
 
+from animals10.card import Preprocessing
 from animals10.config import STRONG_AUGMENTATION
 from animals10.data import load_photo, read_labelled_tree, split_indices
 from animals10.models import create_model, get_model_spec
-from animals10.transforms import Preprocessing, mix_batch, to_model_input
+from animals10.transforms import mix_batch, to_model_input
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
 MODEL = "efficientnet_lite0"

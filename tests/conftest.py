@@ -87,10 +87,10 @@ def untrained_artifact(tmp_path_factory):
     """A custom_cnn artifact with random weights: enough to test loading, batching and serving paths."""
     import torch
 
-    from animals10.artifact import ModelCard, save_artifact
+    from animals10.artifact import save_artifact
+    from animals10.card import ModelCard, Preprocessing
     from animals10.labels import ANIMALS10_CLASSES
     from animals10.models import create_model
-    from animals10.transforms import Preprocessing
 
     torch.manual_seed(0)
     uri = str(tmp_path_factory.mktemp("artifact") / "custom_cnn")

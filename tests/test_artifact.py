@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from animals10.artifact import ModelCard, load_model, read_card, save_artifact
+from animals10.artifact import load_model, save_artifact
+from animals10.card import ModelCard, Preprocessing, read_card
 from animals10.errors import ArtifactError
 from animals10.models import create_model
 from animals10.predictor import Predictor
-from animals10.transforms import Preprocessing
 
 
 @pytest.mark.parametrize("name", ["custom_cnn", "efficientnet_lite0"])

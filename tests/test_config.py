@@ -137,7 +137,8 @@ def test_augmentation_given_on_the_command_line_goes_on_top_of_a_models_own():
 
 
 def test_photos_decoded_larger_are_augmented_then_resized_to_the_model_size():
-    from animals10.transforms import Preprocessing, to_model_input
+    from animals10.card import Preprocessing
+    from animals10.transforms import to_model_input
 
     big = torch.zeros(2, 128, 128, 3, dtype=torch.uint8)
     big[:, :, 64:] = 255  # left half black, right half white
@@ -189,8 +190,8 @@ def test_mixing_blends_photos_and_labels_in_the_same_shares(kind):
 
 def test_training_step_with_mixing_and_trivial_augment_learns():
     """The training step with TrivialAugment and MixUp/CutMix drives the loss down on a learnable task."""
+    from animals10.card import Preprocessing
     from animals10.engine import train_one_epoch
-    from animals10.transforms import Preprocessing
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -212,8 +213,8 @@ def test_training_step_with_mixing_and_trivial_augment_learns():
 
 def test_copies_train_on_each_photo_augmented_several_ways():
     """`copies=3`: every step sees each photo of its batch three times, each copy augmented its own way."""
+    from animals10.card import Preprocessing
     from animals10.engine import train_one_epoch
-    from animals10.transforms import Preprocessing
 
     torch.manual_seed(0)
     photos = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from animals10.artifact import ModelCard, save_artifact
+from animals10.artifact import save_artifact
+from animals10.card import ModelCard, Preprocessing
 from animals10.cli import main
 from animals10.data import read_labelled_tree, split_indices
 from animals10.errors import ArtifactError, DataError
@@ -29,7 +30,7 @@ from animals10.report import (
     sample_grid_pixels,
     write_report,
 )
-from animals10.transforms import Preprocessing, to_model_input
+from animals10.transforms import to_model_input
 
 IMAGE_SIZE = 48
 VAL_FRACTION = 0.25

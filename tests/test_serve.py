@@ -15,7 +15,6 @@ import pytest
 import yaml
 from PIL import Image
 
-
 pytestmark = pytest.mark.timeout(600)
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "jobs" / "serve_config.yaml"
@@ -246,7 +245,8 @@ def test_concurrent_requests_are_batched_and_answered_correctly(server, predicto
 def test_reconfiguring_to_another_artifact_rolls_out_the_new_model_in_place(server, untrained_artifact, tmp_path):
     import torch
 
-    from animals10.artifact import ModelCard, read_card, save_artifact
+    from animals10.artifact import save_artifact
+    from animals10.card import ModelCard, read_card
     from animals10.models import create_model
 
     torch.manual_seed(1)

@@ -161,7 +161,7 @@ def classify_images(config: BatchConfig, on_part_written: Callable[[str], None] 
 
     `plan` replaces the input's own plan (tests use it to control listing); `on_part_written(part_uri)`
     is called on the driver as each new part is reported (progress hooks, tests)."""
-    from animals10.artifact import read_card  # torch stays out of the listing and decoding workers
+    from animals10.card import read_card  # torch stays out of the listing and decoding workers
 
     started = time.perf_counter()
     card = read_card(config.model_uri)  # fails early, in one sentence, on a bad model path

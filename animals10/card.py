@@ -1,0 +1,98 @@
+"""The model card: what a model expects and where it came from. No torch here, so that a driver can
+read a model's classes and input size without loading the framework.
+
+    <artifact>/model_card.json     architecture, class names in order, preprocessing, training
+                                   configuration, metrics, library versions, id
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from animals10 import storage
+from animals10.errors import ArtifactError, StorageError
+
+CARD_FILE = "model_card.json"
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+UNIT_MEAN = (0.0, 0.0, 0.0)  # pixels stay in [0, 1], as the study's Rescaling(1/255)
+UNIT_STD = (1.0, 1.0, 1.0)
+
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects: square input size in pixels and per-channel normalisation of [0, 1] pixels."""
+
+    image_size: int = 128
+    mean: tuple[float, float, float] = UNIT_MEAN
+    std: tuple[float, float, float] = UNIT_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        return cls(int(values["image_size"]), tuple(values["mean"]), tuple(values["std"]))
+
+
+@dataclass
+class ModelCard:
+    """Everything needed to use a model besides its weights."""
+
+    architecture: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+    model_kwargs: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    id: str = ""
+    versions: dict = field(default_factory=dict)
+    created_at: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "id": self.id,
+            "architecture": self.architecture,
+            "class_names": list(self.class_names),
+            "preprocessing": self.preprocessing.to_dict(),
+            "model_kwargs": self.model_kwargs,
+            "training": self.training,
+            "metrics": self.metrics,
+            "data": self.data,
+            "versions": self.versions,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelCard":
+        try:
+            return cls(
+                architecture=values["architecture"],
+                class_names=list(values["class_names"]),
+                preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+                model_kwargs=values.get("model_kwargs", {}),
+                training=values.get("training", {}),
+                metrics=values.get("metrics", {}),
+                data=values.get("data", {}),
+                id=values.get("id", ""),
+                versions=values.get("versions", {}),
+                created_at=values.get("created_at", ""),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArtifactError(f"The model card is missing or has a bad field ({error}).") from error
+
+
+def read_card(uri: str) -> ModelCard:
+    try:
+        raw = storage.read_bytes(storage.join(uri, CARD_FILE))
+    except (FileNotFoundError, NotADirectoryError, StorageError) as error:
+        raise ArtifactError(f"'{uri}' is not a model artifact: it has no {CARD_FILE}.") from error
+    try:
+        return ModelCard.from_dict(json.loads(raw))
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"The model card in '{uri}' is not valid JSON ({error}).") from error
