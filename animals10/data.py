@@ -94,22 +94,23 @@ def split_indices(tree: LabelledTree, val_fraction: float = 0.2, seed: int = 42)
 
 
 def photo_error(error: Exception) -> str:
-    """The `error` string of a file that cannot be used: "<kind>: <why>"."""
+    """The `error` string of a file that cannot be used: "<kind>: <why>". Any other exception a decoder
+    raises on an odd file is `corrupt`: one such file must never stop a job."""
     if isinstance(error, ImageDecodeError):
         return f"{error.kind}: {error}"
     if isinstance(error, (NotFoundError, FileNotFoundError)):
         return f"missing: {error}"
-    return f"unreadable: {error}"
+    if isinstance(error, (OSError, StorageError)):
+        return f"unreadable: {error}"
+    return f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
 
 
 def load_photo(path: str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray | None, str]:
     """Reads and decodes one photo: ((S, S, 3) uint8, "") or, for a file that cannot be used, (None, its error)."""
     try:
         return load_array(storage.read_bytes(path), image_size, max_pixels), ""
-    except (ImageDecodeError, OSError, StorageError) as error:
+    except Exception as error:  # noqa: BLE001 - named by photo_error; one odd file never stops a job
         return None, photo_error(error)
-    except Exception as error:  # noqa: BLE001 - one odd file must never stop a job
-        return None, f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
 
 
 def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:

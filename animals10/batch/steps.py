@@ -24,8 +24,8 @@ from animals10 import storage
 from animals10.batch.parts import error_kind, part_uri, prediction_schema, read_part_stats, write_part
 from animals10.batch.sources import Shard, Unit, iter_shards
 from animals10.data import photo_error
-from animals10.errors import DataError, StorageError
-from animals10.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, load_array, open_image
+from animals10.errors import DataError
+from animals10.imaging import DEFAULT_MAX_PIXELS, load_array, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ def produce_shards(
     for text in units.column("unit").to_pylist():
         unit = Unit.from_json(text)
         for shard in iter_shards(unit, rows_per_part):
-            done = read_part_stats(part_uri(output_uri, shard.id)) if resume else None
+            uri = part_uri(output_uri, shard.id)
+            done = read_part_stats(uri) if resume else None
             if done is not None:
-                check_same_job(done, expected, part_uri(output_uri, shard.id))
+                check_same_job(done, expected, uri)
             yield _shard_table(shard, done)
 
 
@@ -116,10 +117,8 @@ def decode_shard(
                     blobs[i] = data
                 else:
                     images[i] = load_array(data, image_size, max_pixels)
-            except (ImageDecodeError, OSError, StorageError) as error:
+            except Exception as error:  # noqa: BLE001 - named by photo_error; one odd file never stops the job
                 shard_errors[i] = photo_error(error)
-            except Exception as error:  # noqa: BLE001 - one odd file must never stop the job
-                shard_errors[i] = f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
             if shard_errors[i]:
                 logger.debug("Skipping %s: %s", path, shard_errors[i])
         pixels.append(images.tobytes())
@@ -224,10 +223,8 @@ class ClassifyShard:
                 continue
             try:
                 images[i] = load_array(data, size, self.max_pixels)
-            except ImageDecodeError as error:
+            except Exception as error:  # noqa: BLE001 - named by photo_error
                 errors[i] = photo_error(error)
-            except Exception as error:  # noqa: BLE001
-                errors[i] = f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
         return images
 
     def _decode_on_device(self, indices: list[int], blobs: list[bytes], size: int) -> dict[int, np.ndarray]:
