@@ -1,9 +1,9 @@
 """The model artifact: one directory (local or s3://) that everything loads models from.
 
-    <artifact>/model.safetensors   weights (loading executes no pickled code)
-    <artifact>/model_card.json     architecture, class names in order, preprocessing, training
-                                   configuration, metrics, library versions, id
-    <artifact>/history.json|csv    per-epoch metrics (written by training)
+<artifact>/model.safetensors   weights (loading executes no pickled code)
+<artifact>/model_card.json     architecture, class names in order, preprocessing, training
+                               configuration, metrics, library versions, id
+<artifact>/history.json|csv    per-epoch metrics (written by training)
 """
 
 from __future__ import annotations
@@ -84,4 +84,3 @@ def load_model(uri: str, device: torch.device | str | None = None) -> LoadedMode
     except RuntimeError as error:
         raise ArtifactError(f"The weights in '{uri}' do not fit a {card.architecture} model ({error}).") from error
     return LoadedModel(model.to(device).eval(), card, device)
-

@@ -21,7 +21,6 @@ UNIT_MEAN = (0.0, 0.0, 0.0)  # pixels stay in [0, 1], as the study's Rescaling(1
 UNIT_STD = (1.0, 1.0, 1.0)
 
 
-
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model expects: square input size in pixels and per-channel normalisation of [0, 1] pixels."""
@@ -34,7 +33,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Preprocessing":
+    def from_dict(cls, values: dict) -> Preprocessing:
         return cls(int(values["image_size"]), tuple(values["mean"]), tuple(values["std"]))
 
 
@@ -69,7 +68,7 @@ class ModelCard:
         }
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelCard":
+    def from_dict(cls, values: dict) -> ModelCard:
         try:
             return cls(
                 architecture=values["architecture"],

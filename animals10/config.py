@@ -30,17 +30,25 @@ class TrainConfig:
     head_epochs_fraction: float = 0.5  # transfer models: share of epochs that train the head only
     unfreeze_fraction: float = 0.3  # transfer models: top share of backbone stages fine-tuned
     freeze_batchnorm: bool = False  # transfer models: every BatchNorm keeps its ImageNet statistics while fine-tuning
-    imagenet_head: bool = False  # transfer models: the head starts from the backbone's ImageNet classifier (models.IMAGENET_CLASSES)
+    imagenet_head: bool = (
+        False  # transfer models: the head starts from the backbone's ImageNet classifier (models.IMAGENET_CLASSES)
+    )
     optimizer: str = "adam"  # adam | adamw (decoupled weight decay)
     weight_decay: float = 0.0
-    schedule: str = "plateau"  # plateau: reduce on validation-loss plateaus | cosine: warm-up, then cosine decay per phase
+    schedule: str = (
+        "plateau"  # plateau: reduce on validation-loss plateaus | cosine: warm-up, then cosine decay per phase
+    )
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"residual": True}
     image_size: int = 128
-    augment_size: int | None = None  # training photos decoded and augmented at this size, then resized to image_size: sharper crops
-    test_size: int | None = None  # input size of validation and inference (None: image_size); a little larger offsets random crops' zoom
+    augment_size: int | None = (
+        None  # training photos decoded and augmented at this size, then resized to image_size: sharper crops
+    )
+    test_size: int | None = (
+        None  # input size of validation and inference (None: image_size); a little larger offsets random crops' zoom
+    )
     val_fraction: float = 0.2
     seed: int = 42
     early_stopping_patience: int = 5  # epochs without a better validation loss; 0: never stop early
@@ -63,13 +71,17 @@ class TrainConfig:
     # Per model name, the recipe's values that differ for that model, e.g. {"custom_cnn": {"epochs": 120}}.
     model_settings: dict = field(default_factory=dict)
     explicit: tuple[str, ...] = ()  # names of the values given on the command line: they win over model_settings
-    augmentation_changes: dict = field(default_factory=dict)  # augmentation values given on the command line: on top of every model's augmentation
+    augmentation_changes: dict = field(
+        default_factory=dict
+    )  # augmentation values given on the command line: on top of every model's augmentation
 
     def __post_init__(self):
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"Unknown keep '{self.keep}'; choose one of: {', '.join(KEEP_CHOICES)}.")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be above 0 and below 1 (validation needs photos, and so does training), not {self.val_fraction}.")
+            raise ValueError(
+                f"val_fraction must be above 0 and below 1 (validation needs photos, and so does training), not {self.val_fraction}."
+            )
         if self.copies < 1:
             raise ValueError(f"copies must be at least 1 (each photo once), not {self.copies}.")
         for name, size in (("augment_size", self.augment_size), ("test_size", self.test_size)):
@@ -86,11 +98,11 @@ class TrainConfig:
         """The input size of validation and inference, which the artifact records."""
         return self.test_size or self.image_size
 
-    def with_overrides(self, **overrides) -> "TrainConfig":
+    def with_overrides(self, **overrides) -> TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **given, explicit=tuple(sorted({*self.explicit, *given})))
 
-    def with_augmentation(self, **changes) -> "TrainConfig":
+    def with_augmentation(self, **changes) -> TrainConfig:
         """This configuration with some augmentation values (not None) changed, as given on the command line:
         they apply to every model, also to one whose recipe sets its own augmentation."""
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -99,15 +111,18 @@ class TrainConfig:
         changes = {**self.augmentation_changes, **changes}
         return replace(self, augmentation=replace(self.augmentation, **changes), augmentation_changes=changes)
 
-    def with_model_settings(self, model_name: str, **values) -> "TrainConfig":
+    def with_model_settings(self, model_name: str, **values) -> TrainConfig:
         """This configuration with values (not None) for one model only, as given on the command line:
         on top of the recipe's values for that model."""
         values = {k: v for k, v in values.items() if v is not None}
         if not values:
             return self
-        return replace(self, model_settings={**self.model_settings, model_name: {**self.model_settings.get(model_name, {}), **values}})
+        return replace(
+            self,
+            model_settings={**self.model_settings, model_name: {**self.model_settings.get(model_name, {}), **values}},
+        )
 
-    def for_model(self, model_name: str) -> "TrainConfig":
+    def for_model(self, model_name: str) -> TrainConfig:
         """The values that apply to one model: the recipe's for that model on top, the command line's on top
         of those, and the model's default number of epochs where none is set. A recipe's test size goes with
         its input size: an input size given on the command line is also the test size, unless that is given too."""
@@ -130,7 +145,12 @@ TRANSFER_MODELS = tuple(name for name in list_models() if get_model_spec(name).t
 
 # The study's augmentation with random resized crops and colour jitter on top.
 STRONG_AUGMENTATION = Augmentation(
-    horizontal_flip=True, rotation_degrees=15.0, brightness=(0.7, 1.3), crop_scale=(0.35, 1.0), contrast=(0.7, 1.3), saturation=(0.6, 1.4)
+    horizontal_flip=True,
+    rotation_degrees=15.0,
+    brightness=(0.7, 1.3),
+    crop_scale=(0.35, 1.0),
+    contrast=(0.7, 1.3),
+    saturation=(0.6, 1.4),
 )
 
 RECIPES: dict[str, dict] = {
@@ -162,8 +182,16 @@ RECIPES: dict[str, dict] = {
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
             **{name: {"image_size": 224} for name in TRANSFER_MODELS},
-            "custom_cnn": {"image_size": 64, "augment_size": 128, "test_size": 72, "epochs": 120, "batch_size": 16, "lr": 1e-3, "copies": 4,
-                           "model_kwargs": {"scattering": 8}},
+            "custom_cnn": {
+                "image_size": 64,
+                "augment_size": 128,
+                "test_size": 72,
+                "epochs": 120,
+                "batch_size": 16,
+                "lr": 1e-3,
+                "copies": 4,
+                "model_kwargs": {"scattering": 8},
+            },
         },
     },
 }

@@ -37,7 +37,7 @@ class LabelledTree:
 
 
 def relative_path(root: str, path: str) -> str:
-    return path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else path
+    return path[len(root.rstrip("/")) + 1 :] if path.startswith(root.rstrip("/") + "/") else path
 
 
 def read_labelled_tree(root: str) -> LabelledTree:
@@ -64,7 +64,9 @@ def read_labelled_tree(root: str) -> LabelledTree:
         )
     class_names = class_names_for_folders(folders)
     if len(class_names) < 2:
-        raise DataError(f"Only one class folder ('{folders[0]}') was found under '{root}'; training needs at least two.")
+        raise DataError(
+            f"Only one class folder ('{folders[0]}') was found under '{root}'; training needs at least two."
+        )
     index = {name: i for i, name in enumerate(class_names)}
     return LabelledTree(
         root=root,
@@ -113,7 +115,9 @@ def load_photo(path: str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS)
         return None, photo_error(error)
 
 
-def decode_batch(batch: dict[str, np.ndarray], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, np.ndarray]:
     """Ray Data batch of paths -> decoded (B, S, S, 3) uint8 photos, with `error` set (and zeros) for bad files."""
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)

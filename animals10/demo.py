@@ -25,7 +25,9 @@ def draw_demo_photo(class_index: int, num_classes: int, rng: np.random.Generator
     """One synthetic photo of class `class_index`: its hue and shape, everything else random."""
     width, height = int(rng.integers(96, 200)), int(rng.integers(96, 200))
     hue = class_index / num_classes
-    background = colorsys.hsv_to_rgb((hue + 0.5 + rng.uniform(-0.05, 0.05)) % 1, rng.uniform(0.1, 0.35), rng.uniform(0.55, 0.95))
+    background = colorsys.hsv_to_rgb(
+        (hue + 0.5 + rng.uniform(-0.05, 0.05)) % 1, rng.uniform(0.1, 0.35), rng.uniform(0.55, 0.95)
+    )
     foreground = colorsys.hsv_to_rgb((hue + rng.uniform(-0.03, 0.03)) % 1, rng.uniform(0.7, 1.0), rng.uniform(0.6, 1.0))
     image = Image.new("RGB", (width, height), tuple(int(255 * c) for c in background))
     draw = ImageDraw.Draw(image)

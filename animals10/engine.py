@@ -5,8 +5,8 @@ where a non-empty error marks a file that could not be decoded (it is skipped, a
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import torch

@@ -139,7 +139,9 @@ def check_same_classes(card: ModelCard, model_uri: str, data_classes: list[str],
         )
 
 
-def read_tree_set(card: ModelCard, model_uri: str, data_uri: str, indices: list[int] | None = None, description: str = "") -> EvaluationSet:
+def read_tree_set(
+    card: ModelCard, model_uri: str, data_uri: str, indices: list[int] | None = None, description: str = ""
+) -> EvaluationSet:
     """The photos of a labelled tree (all, or those at `indices`), labelled with the model's class indices."""
     tree = read_labelled_tree(data_uri)
     check_same_classes(card, model_uri, tree.class_names, data_uri)
@@ -156,7 +158,9 @@ def read_validation_set(card: ModelCard, model_uri: str) -> EvaluationSet:
     """The validation split the model was trained with, recomputed from the data record in its card."""
     data_uri = card.data.get("data_uri")
     if not data_uri:
-        raise ArtifactError(f"The model card of '{model_uri}' does not say which data it was trained on; pass --data DIR to score it.")
+        raise ArtifactError(
+            f"The model card of '{model_uri}' does not say which data it was trained on; pass --data DIR to score it."
+        )
     val_fraction = float(card.data.get("val_fraction", 0.2))
     seed = int(card.data.get("split_seed", 42))
     if val_fraction <= 0:
@@ -173,7 +177,10 @@ def read_validation_set(card: ModelCard, model_uri: str) -> EvaluationSet:
     expected = card.data.get("num_val")
     if expected is not None and int(expected) != len(val):
         logger.warning(
-            "The validation split of %s has %d photos now but had %d in training: the data changed since.", data_uri, len(val), expected
+            "The validation split of %s has %d photos now but had %d in training: the data changed since.",
+            data_uri,
+            len(val),
+            expected,
         )
     description = f"the validation split of {data_uri} ({len(val)} photos, {val_fraction:.0%}, seed {seed})"
     return read_tree_set(card, model_uri, data_uri, val, description)
@@ -203,13 +210,19 @@ def _true_class(value, class_names: list[str]) -> int | None:
     return class_names.index(name) if name in class_names else -1
 
 
-def score_parquet(card: ModelCard, model_uri: str, data_uri: str) -> tuple[EvaluationSet, list[int], np.ndarray, np.ndarray | None, list[tuple[str, str]]]:
+def score_parquet(
+    card: ModelCard, model_uri: str, data_uri: str
+) -> tuple[EvaluationSet, list[int], np.ndarray, np.ndarray | None, list[tuple[str, str]]]:
     """Scores the predictions a batch job wrote: (set, predicted indices, confidences, top-3 hits or None, skipped)."""
     rows = read_parquet_rows(data_uri)
     if not rows:
-        raise DataError(f"The Parquet output at '{data_uri}' has no rows; run batch inference on a labelled folder first.")
+        raise DataError(
+            f"The Parquet output at '{data_uri}' has no rows; run batch inference on a labelled folder first."
+        )
     if "true_label" not in rows[0]:
-        raise DataError(f"The Parquet output at '{data_uri}' has no true_label column; run batch inference on a labelled tree (<root>/<class>/<photo>).")
+        raise DataError(
+            f"The Parquet output at '{data_uri}' has no true_label column; run batch inference on a labelled tree (<root>/<class>/<photo>)."
+        )
     model_values = {row.get("model") for row in rows} - {None, ""}
     own_names = {card.id, model_uri, model_uri.rstrip("/").rsplit("/", 1)[-1]}
     if model_values:
@@ -252,7 +265,9 @@ def score_parquet(card: ModelCard, model_uri: str, data_uri: str) -> tuple[Evalu
         hits.append(card.class_names[true_index] in top[:TOP_K])
     if not paths:
         raise DataError(f"The Parquet output at '{data_uri}' has no scored row with a true_label; nothing to evaluate.")
-    evaluation_set = EvaluationSet(f"the batch-inference predictions in {data_uri} ({len(paths)} photos)", paths, labels)
+    evaluation_set = EvaluationSet(
+        f"the batch-inference predictions in {data_uri} ({len(paths)} photos)", paths, labels
+    )
     return evaluation_set, predicted, np.asarray(confidences), (np.asarray(hits) if top3_known else None), skipped
 
 
@@ -269,7 +284,7 @@ def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads
     with ThreadPoolExecutor(num_threads) as pool:
         starts = range(0, len(paths), batch_size)
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
-            chunk = paths[start:start + batch_size]
+            chunk = paths[start : start + batch_size]
             images = []
             for offset, (image, error) in enumerate(pool.map(lambda p: load_photo(p, predictor.image_size), chunk)):
                 if image is None:
@@ -286,7 +301,15 @@ def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads
     return (np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes), np.float32)), kept, skipped
 
 
-def evaluate_model(model_uri: str, data: str | None = None, *, batch_size: int = 64, tta: bool = False, device=None, name: str | None = None) -> ModelEvaluation:
+def evaluate_model(
+    model_uri: str,
+    data: str | None = None,
+    *,
+    batch_size: int = 64,
+    tta: bool = False,
+    device=None,
+    name: str | None = None,
+) -> ModelEvaluation:
     """Scores one artifact: on its validation split (data=None), on a labelled tree, or from a Parquet output."""
     from animals10.models import count_parameters
     from animals10.predictor import Predictor
@@ -301,9 +324,21 @@ def evaluate_model(model_uri: str, data: str | None = None, *, batch_size: int =
         if tta:
             logger.warning("--tta does not apply to scoring a Parquet output: its predictions are already made.")
         return ModelEvaluation(
-            name, model_uri, card.id, card.architecture, card.class_names, evaluation_set.description, metrics,
-            evaluation_set.paths, np.asarray(evaluation_set.labels, np.int64), np.asarray(predicted, np.int64),
-            confidence, skipped, num_parameters, card, tta=False,
+            name,
+            model_uri,
+            card.id,
+            card.architecture,
+            card.class_names,
+            evaluation_set.description,
+            metrics,
+            evaluation_set.paths,
+            np.asarray(evaluation_set.labels, np.int64),
+            np.asarray(predicted, np.int64),
+            confidence,
+            skipped,
+            num_parameters,
+            card,
+            tta=False,
         )
 
     evaluation_set = read_validation_set(card, model_uri) if data is None else read_tree_set(card, model_uri, str(data))
@@ -311,14 +346,28 @@ def evaluate_model(model_uri: str, data: str | None = None, *, batch_size: int =
     logger.info("Scoring %s on %s", name, evaluation_set.description)
     probabilities, kept, skipped = predict_paths(predictor, evaluation_set.paths, batch_size)
     if not kept:
-        raise DataError(f"None of the {len(evaluation_set.paths)} photos in {evaluation_set.description} could be decoded; check the files.")
+        raise DataError(
+            f"None of the {len(evaluation_set.paths)} photos in {evaluation_set.description} could be decoded; check the files."
+        )
     y_true = np.asarray([evaluation_set.labels[i] for i in kept], np.int64)
     y_pred = probabilities.argmax(axis=1).astype(np.int64)
     metrics = evaluation_metrics(y_true, y_pred, card.class_names, probabilities=probabilities)
     return ModelEvaluation(
-        name, model_uri, card.id, card.architecture, card.class_names, evaluation_set.description, metrics,
-        [evaluation_set.paths[i] for i in kept], y_true, y_pred, probabilities.max(axis=1).astype(np.float64),
-        skipped, count_parameters(predictor.model), card, tta,
+        name,
+        model_uri,
+        card.id,
+        card.architecture,
+        card.class_names,
+        evaluation_set.description,
+        metrics,
+        [evaluation_set.paths[i] for i in kept],
+        y_true,
+        y_pred,
+        probabilities.max(axis=1).astype(np.float64),
+        skipped,
+        count_parameters(predictor.model),
+        card,
+        tta,
     )
 
 
@@ -364,13 +413,29 @@ def _count(text: str) -> int:
 
 
 def add_evaluate_arguments(parser) -> None:
-    parser.add_argument("--model", action="append", required=True, metavar="ARTIFACT",
-                        help="a model artifact folder (local or s3://); repeat to compare models")
-    parser.add_argument("--data", default=None, metavar="DIR_OR_S3",
-                        help="score on this labelled tree (<root>/<class>/<photo>), or a batch-inference Parquet output "
-                             "with true_label; default: each model's own validation split")
-    parser.add_argument("--output", required=True, metavar="DIR", help="where to write report.md, report.html, the PNGs and metrics.json")
-    parser.add_argument("--samples", type=_count, default=16, help="photos in each model's sample-prediction grid (default 16; 0: none)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="ARTIFACT",
+        help="a model artifact folder (local or s3://); repeat to compare models",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR_OR_S3",
+        help="score on this labelled tree (<root>/<class>/<photo>), or a batch-inference Parquet output "
+        "with true_label; default: each model's own validation split",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="where to write report.md, report.html, the PNGs and metrics.json",
+    )
+    parser.add_argument(
+        "--samples", type=_count, default=16, help="photos in each model's sample-prediction grid (default 16; 0: none)"
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="photos per forward pass (default 64)")
     parser.add_argument("--tta", action="store_true", help="average each prediction with that of the mirrored photo")
 
@@ -378,12 +443,16 @@ def add_evaluate_arguments(parser) -> None:
 def run_evaluate(args) -> int:
     from animals10.report import write_report
 
-    report = write_report(args.model, args.output, data=args.data, samples=args.samples, batch_size=args.batch_size, tta=args.tta)
+    report = write_report(
+        args.model, args.output, data=args.data, samples=args.samples, batch_size=args.batch_size, tta=args.tta
+    )
     for evaluation in report.evaluations:
         m = evaluation.metrics
         loss = "n/a" if m["loss"] is None else f"{m['loss']:.3f}"
-        print(f"{evaluation.name}: accuracy {m['accuracy']:.1%}, macro F1 {m['macro_f1']:.3f}, loss {loss}, "
-              f"{m['num_images']} photos scored, {len(evaluation.skipped)} skipped")
+        print(
+            f"{evaluation.name}: accuracy {m['accuracy']:.1%}, macro F1 {m['macro_f1']:.3f}, loss {loss}, "
+            f"{m['num_images']} photos scored, {len(evaluation.skipped)} skipped"
+        )
     print(report.best_reason)
     print(f"Report written to {report.html_uri} (and report.md, PNGs, metrics.json beside it)")
     return 0

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,13 @@ def get_model_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, weights_path: str | None = None, **kwargs) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, pretrained: bool = False, weights_path: str | None = None, **kwargs
+) -> nn.Module:
     """Builds a registered model. `pretrained` loads the backbone's ImageNet weights (or fails loudly)."""
-    return get_model_spec(name).build(num_classes=num_classes, pretrained=pretrained, weights_path=weights_path, **kwargs)
+    return get_model_spec(name).build(
+        num_classes=num_classes, pretrained=pretrained, weights_path=weights_path, **kwargs
+    )
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -72,7 +76,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a DDP (or compiled) wrapper; a one-worker run has none."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 
@@ -88,7 +92,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
-        raise WeightsUnavailableError(f"'{path}' is not a PyTorch state dict that can be loaded safely ({error}).") from error
+        raise WeightsUnavailableError(
+            f"'{path}' is not a PyTorch state dict that can be loaded safely ({error})."
+        ) from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
@@ -141,8 +147,14 @@ class ScatteringStem(nn.Module):
             wave, envelope = (_gabor(self.RADIUS, 0.8, theta, xi, 4 / orientations) for xi in (3 * math.pi / 4, 0.0))
             wavelets.append(wave - wave.sum() / envelope.sum() * envelope)
         wavelets = torch.stack(wavelets)
-        self.register_buffer("wavelets", torch.cat([wavelets.real, wavelets.imag]).unsqueeze(1).float(), persistent=False)
-        self.register_buffer("blur", _gabor(self.RADIUS, 0.8, 0.0, 0.0, 1.0).real.float().expand(1 + orientations, 1, -1, -1).clone(), persistent=False)
+        self.register_buffer(
+            "wavelets", torch.cat([wavelets.real, wavelets.imag]).unsqueeze(1).float(), persistent=False
+        )
+        self.register_buffer(
+            "blur",
+            _gabor(self.RADIUS, 0.8, 0.0, 0.0, 1.0).real.float().expand(1 + orientations, 1, -1, -1).clone(),
+            persistent=False,
+        )
         self.orientations, self.out_channels = orientations, 3 * (1 + orientations)
         self.norm = nn.BatchNorm2d(self.out_channels, affine=False)
 
@@ -152,7 +164,9 @@ class ScatteringStem(nn.Module):
         pad = (self.RADIUS,) * 4
         real, imaginary = F.conv2d(F.pad(x, pad, mode="reflect"), self.wavelets).chunk(2, dim=1)
         moduli = (real.square() + imaginary.square()).sqrt()  # (vector_norm over a pair is 40 times slower on CPUs)
-        blurred = F.conv2d(F.pad(torch.cat([x, moduli], 1), pad, mode="reflect"), self.blur, stride=2, groups=1 + self.orientations)
+        blurred = F.conv2d(
+            F.pad(torch.cat([x, moduli], 1), pad, mode="reflect"), self.blur, stride=2, groups=1 + self.orientations
+        )
         return self.norm(blurred.reshape(b, self.out_channels, *blurred.shape[-2:]))
 
 
@@ -219,7 +233,9 @@ IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
     "cat": tuple(range(281, 286)),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     "cow": (345, 346, 347),  # ox, water buffalo, bison
     "sheep": (348, 349),  # ram, bighorn
-    "spider": tuple(range(72, 78)),  # black and gold garden spider, barn spider, garden spider, black widow, tarantula, wolf spider
+    "spider": tuple(
+        range(72, 78)
+    ),  # black and gold garden spider, barn spider, garden spider, black widow, tarantula, wolf spider
     "squirrel": (335,),  # fox squirrel
 }
 
@@ -233,7 +249,9 @@ class TransferModel(nn.Module):
     `freeze_batchnorm()` all of them do, trainable or not, as Keras advises for fine-tuning on little data.
     """
 
-    def __init__(self, backbone: nn.Module, stages: list[list[str]], num_features: int, num_classes: int, dropout: float = 0.2):
+    def __init__(
+        self, backbone: nn.Module, stages: list[list[str]], num_features: int, num_classes: int, dropout: float = 0.2
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
@@ -267,7 +285,7 @@ class TransferModel(nn.Module):
     def unfreeze_top(self, fraction: float) -> int:
         """Makes the top `fraction` of the backbone's stages trainable; returns how many."""
         count = min(len(self.stages), math.ceil(len(self.stages) * fraction))
-        for stage in self.stages[len(self.stages) - count:]:
+        for stage in self.stages[len(self.stages) - count :]:
             for name in stage:
                 self.backbone.get_submodule(name).requires_grad_(True)
         self.train(self.training)
@@ -277,7 +295,7 @@ class TransferModel(nn.Module):
         self.batchnorm_frozen = True
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "TransferModel":
+    def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         for module in self.backbone.modules():
             is_batchnorm = isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -313,11 +331,15 @@ def load_mobilenet_v2_imagenet(weights_path: str | None = None, timeout_s: float
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise WeightsUnavailableError(f"The MobileNetV2 weights do not fit torchvision's MobileNetV2 ({error}).") from error
+        raise WeightsUnavailableError(
+            f"The MobileNetV2 weights do not fit torchvision's MobileNetV2 ({error})."
+        ) from error
     return model
 
 
-def _with_head_from_imagenet(model: TransferModel, classifier: nn.Linear, class_names: Sequence[str] | None) -> TransferModel:
+def _with_head_from_imagenet(
+    model: TransferModel, classifier: nn.Linear, class_names: Sequence[str] | None
+) -> TransferModel:
     if class_names is not None:
         missing = model.start_head_from_imagenet(classifier, class_names)
         if missing:
@@ -327,7 +349,11 @@ def _with_head_from_imagenet(model: TransferModel, classifier: nn.Linear, class_
 
 @register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, default_epochs=20, transfer=True)
 def mobilenet_v2(
-    num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2, head_classes: Sequence[str] | None = None
+    num_classes: int,
+    pretrained: bool = True,
+    weights_path: str | None = None,
+    dropout: float = 0.2,
+    head_classes: Sequence[str] | None = None,
 ) -> nn.Module:
     """`head_classes` (the class names, with `pretrained`): the head starts from ImageNet's classifier."""
     from torchvision.models import mobilenet_v2 as build

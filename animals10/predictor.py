@@ -18,7 +18,12 @@ class Predictor:
     """
 
     def __init__(
-        self, model_uri: str, device: torch.device | str | None = None, top_k: int = 3, mixed_precision: bool = True, tta: bool = False
+        self,
+        model_uri: str,
+        device: torch.device | str | None = None,
+        top_k: int = 3,
+        mixed_precision: bool = True,
+        tta: bool = False,
     ):
         loaded = load_model(model_uri, device)
         self.model, self.card, self.device = loaded.model, loaded.card, loaded.device

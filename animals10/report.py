@@ -58,7 +58,9 @@ def read_history(model_uri: str) -> list[dict]:
         raise ArtifactError(f"The training history '{uri}' holds no epochs; it should be a list of per-epoch records.")
     missing = sorted({key for row in history for key in REQUIRED_HISTORY_KEYS if row.get(key) is None})
     if missing:
-        raise ArtifactError(f"The training history '{uri}' lacks {', '.join(missing)} in some epochs; it cannot be plotted.")
+        raise ArtifactError(
+            f"The training history '{uri}' lacks {', '.join(missing)} in some epochs; it cannot be plotted."
+        )
     return history
 
 
@@ -72,13 +74,20 @@ def choose_best_model(evaluations: list[ModelEvaluation]) -> tuple[str, str]:
     def key(e: ModelEvaluation):
         loss = e.metrics["loss"]
         # Rounded as the report prints them: a difference that decides is one the reader can see.
-        return (round(e.metrics["macro_f1"], 3), round(e.metrics["accuracy"], 3), -round(loss if loss is not None else math.inf, 3))
+        return (
+            round(e.metrics["macro_f1"], 3),
+            round(e.metrics["accuracy"], 3),
+            -round(loss if loss is not None else math.inf, 3),
+        )
 
     ranked = sorted(evaluations, key=key, reverse=True)
     best = ranked[0]
     m = best.metrics
     if len(ranked) == 1:
-        return best.name, f"Only one model was evaluated: {best.name} (macro F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.1%})."
+        return (
+            best.name,
+            f"Only one model was evaluated: {best.name} (macro F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.1%}).",
+        )
     runner = ranked[1]
     r = runner.metrics
     if key(best)[0] != key(runner)[0]:
@@ -88,15 +97,15 @@ def choose_best_model(evaluations: list[ModelEvaluation]) -> tuple[str, str]:
     elif key(best)[2] != key(runner)[2]:
         decided = f"macro F1 and accuracy tied, so the lower loss decided: {_number(m['loss'])} against {_number(r['loss'])} for {runner.name}"
     else:
-        decided = f"it ties with {runner.name} on macro F1 ({m['macro_f1']:.3f}), accuracy and loss, and was given first"
+        decided = (
+            f"it ties with {runner.name} on macro F1 ({m['macro_f1']:.3f}), accuracy and loss, and was given first"
+        )
     extra = f"accuracy {m['accuracy']:.1%} vs {r['accuracy']:.1%}"
     if m["loss"] is not None and r["loss"] is not None:
         extra += f", loss {m['loss']:.3f} vs {r['loss']:.3f}"
     if m["top3_accuracy"] is not None and r["top3_accuracy"] is not None:
         extra += f", top-3 accuracy {m['top3_accuracy']:.1%} vs {r['top3_accuracy']:.1%}"
-    return best.name, (
-        f"The best model is {best.name}: {decided} (macro F1 weighs every class equally; {extra})."
-    )
+    return best.name, (f"The best model is {best.name}: {decided} (macro F1 weighs every class equally; {extra}).")
 
 
 # --- pictures --------------------------------------------------------------------------------------
@@ -137,7 +146,8 @@ def plot_training_curves(history: list[dict], title: str, kept_epoch: int | None
     switches = [i for i in range(1, len(history)) if phases[i] != phases[i - 1]]
     rates = [row.get("lr") for row in history]
     lr_changes = [
-        i for i in range(1, len(history))
+        i
+        for i in range(1, len(history))
         if rates[i] is not None and rates[i - 1] is not None and not math.isclose(rates[i], rates[i - 1], rel_tol=1e-6)
     ]
     # Many changes (a per-epoch schedule) would hide the curves; the LR panel shows them anyway.
@@ -150,14 +160,31 @@ def plot_training_curves(history: list[dict], title: str, kept_epoch: int | None
             if switches and n % 2 == 1:
                 ax.axvspan(x[start] - 0.5, x[end - 1] + 0.5, color="#f0f0f0", zorder=0)
             if switches and with_labels:
-                ax.text(x[start] - 0.45 if start else x[0], 0.98, phases[start].replace("_", "-"), transform=ax.get_xaxis_transform(),
-                        fontsize=8, color="#555555", va="top")
+                ax.text(
+                    x[start] - 0.45 if start else x[0],
+                    0.98,
+                    phases[start].replace("_", "-"),
+                    transform=ax.get_xaxis_transform(),
+                    fontsize=8,
+                    color="#555555",
+                    va="top",
+                )
         for i in switches:
-            ax.axvline(x[i] - 0.5, color="#555555", linestyle="--", linewidth=1.2,
-                       label="phase switch" if with_labels and i == switches[0] else None)
+            ax.axvline(
+                x[i] - 0.5,
+                color="#555555",
+                linestyle="--",
+                linewidth=1.2,
+                label="phase switch" if with_labels and i == switches[0] else None,
+            )
         for n, i in enumerate(marked_lr_changes):
-            ax.axvline(x[i] - 0.5, color="#8250df", linestyle=":", linewidth=1.2,
-                       label="learning rate changed" if with_labels and n == 0 else None)
+            ax.axvline(
+                x[i] - 0.5,
+                color="#8250df",
+                linestyle=":",
+                linewidth=1.2,
+                label="learning rate changed" if with_labels and n == 0 else None,
+            )
 
     for ax, key, label in ((loss_ax, "loss", "Loss"), (accuracy_ax, "accuracy", "Accuracy")):
         ax.plot(x, [row[f"train_{key}"] for row in history], "-o", color=TRAIN_COLOUR, markersize=3, label="training")
@@ -171,10 +198,24 @@ def plot_training_curves(history: list[dict], title: str, kept_epoch: int | None
         kept, what = kept_epoch - 1, "kept"
     else:
         kept, what = int(np.argmax([row["val_accuracy"] for row in history])), "best"
-    accuracy_ax.plot(x[kept], history[kept]["val_accuracy"], "*", color="black", markersize=12, zorder=5,
-                     label=f"{what}: epoch {x[kept]:.0f}, validation {history[kept]['val_accuracy']:.1%}")
-    loss_ax.plot(x[kept], history[kept]["val_loss"], "*", color="black", markersize=12, zorder=5,
-                 label=f"{what}: epoch {x[kept]:.0f}, validation {history[kept]['val_loss']:.3f}")
+    accuracy_ax.plot(
+        x[kept],
+        history[kept]["val_accuracy"],
+        "*",
+        color="black",
+        markersize=12,
+        zorder=5,
+        label=f"{what}: epoch {x[kept]:.0f}, validation {history[kept]['val_accuracy']:.1%}",
+    )
+    loss_ax.plot(
+        x[kept],
+        history[kept]["val_loss"],
+        "*",
+        color="black",
+        markersize=12,
+        zorder=5,
+        label=f"{what}: epoch {x[kept]:.0f}, validation {history[kept]['val_loss']:.3f}",
+    )
     accuracy_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     loss_ax.legend(fontsize=8, loc="best", framealpha=0.9)
     accuracy_ax.legend(fontsize=8, loc="best", framealpha=0.9)
@@ -187,12 +228,29 @@ def plot_training_curves(history: list[dict], title: str, kept_epoch: int | None
         if min(lr_y) > 0:
             lr_ax.set_yscale("log")
         if not lr_changes:
-            lr_ax.text(0.5, 0.9, f"constant: {lr_y[0]:.0e}", ha="center", transform=lr_ax.transAxes, fontsize=9, color="#8250df")
+            lr_ax.text(
+                0.5,
+                0.9,
+                f"constant: {lr_y[0]:.0e}",
+                ha="center",
+                transform=lr_ax.transAxes,
+                fontsize=9,
+                color="#8250df",
+            )
         for i in lr_changes[:6]:
-            lr_ax.annotate(f"{rates[i]:.0e}", (x[i], rates[i]), textcoords="offset points", xytext=(4, 4), fontsize=8, color="#8250df")
+            lr_ax.annotate(
+                f"{rates[i]:.0e}",
+                (x[i], rates[i]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+                color="#8250df",
+            )
         mark(lr_ax, with_labels=False)
     else:
-        lr_ax.text(0.5, 0.5, "no learning rate recorded", ha="center", va="center", transform=lr_ax.transAxes, color="#555555")
+        lr_ax.text(
+            0.5, 0.5, "no learning rate recorded", ha="center", va="center", transform=lr_ax.transAxes, color="#555555"
+        )
     lr_ax.set_title("Learning rate")
     lr_ax.set_xlabel("epoch")
     lr_ax.grid(alpha=0.3, which="both")
@@ -229,7 +287,9 @@ def plot_confusion_matrix(matrix, class_names: list[str], title: str):
                 continue
             # The share, and below it the photo count: shares of small classes can mislead.
             ax.text(p, t - 0.12, f"{value:.2f}", ha="center", va="center", fontsize=font_size, color=colour)
-            ax.text(p, t + 0.22, f"({int(matrix[t, p])})", ha="center", va="center", fontsize=font_size - 2, color=colour)
+            ax.text(
+                p, t + 0.22, f"({int(matrix[t, p])})", ha="center", va="center", fontsize=font_size - 2, color=colour
+            )
     return figure
 
 
@@ -244,7 +304,12 @@ def plot_per_class_f1(evaluations: list[ModelEvaluation]):
     width = 0.8 / num_models
     for k, evaluation in enumerate(evaluations):
         values = [evaluation.metrics["per_class"].get(name, {}).get("f1", 0.0) for name in class_names]
-        bars = ax.bar(np.arange(n) + (k - (num_models - 1) / 2) * width, values, width, label=f"{evaluation.name} (macro F1 {evaluation.metrics['macro_f1']:.3f})")
+        bars = ax.bar(
+            np.arange(n) + (k - (num_models - 1) / 2) * width,
+            values,
+            width,
+            label=f"{evaluation.name} (macro F1 {evaluation.metrics['macro_f1']:.3f})",
+        )
         if num_models * n <= 40:
             ax.bar_label(bars, [f"{v:.2f}" for v in values], fontsize=7, padding=1)
     ax.set_xticks(range(n), class_names, rotation=30 if n > 8 else 0, ha="right" if n > 8 else "center")
@@ -266,7 +331,9 @@ def sample_grid_shape(num_photos: int) -> tuple[int, int]:
 def sample_grid_pixels(num_photos: int) -> tuple[int, int]:
     """(width, height) in pixels of a sample grid of `num_photos`."""
     rows, columns = sample_grid_shape(num_photos)
-    return round(columns * SAMPLE_CELL_INCHES[0] * DPI), round((rows * SAMPLE_CELL_INCHES[1] + SAMPLE_TITLE_INCHES) * DPI)
+    return round(columns * SAMPLE_CELL_INCHES[0] * DPI), round(
+        (rows * SAMPLE_CELL_INCHES[1] + SAMPLE_TITLE_INCHES) * DPI
+    )
 
 
 def _round_robin(candidates: list[int], labels: np.ndarray, count: int) -> list[int]:
@@ -339,8 +406,12 @@ def plot_sample_grid(evaluation: ModelEvaluation, indices: list[int], title: str
             ax.imshow(photo)
         colour = RIGHT_COLOUR if right else WRONG_COLOUR
         mark = "" if right else "  ✗"
-        ax.set_title(f"True: {true_name}\nPred: {predicted_name} ({evaluation.confidence[i]:.0%}){mark}",
-                     fontsize=10, color=colour, fontweight="normal" if right else "bold")
+        ax.set_title(
+            f"True: {true_name}\nPred: {predicted_name} ({evaluation.confidence[i]:.0%}){mark}",
+            fontsize=10,
+            color=colour,
+            fontweight="normal" if right else "bold",
+        )
         for spine in ax.spines.values():
             spine.set_visible(True)
             spine.set_color(colour)
@@ -401,7 +472,11 @@ class Document:
                 table = block[1]
                 cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
                 lines.append("| " + " | ".join(cell(h) for h in table.header) + " |")
-                lines.append("|" + "|".join("---" if c < table.align_right_from else "---:" for c in range(len(table.header))) + "|")
+                lines.append(
+                    "|"
+                    + "|".join("---" if c < table.align_right_from else "---:" for c in range(len(table.header)))
+                    + "|"
+                )
                 lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.rows]
                 lines.append("")
             elif kind == "image":
@@ -432,11 +507,19 @@ class Document:
             if kind == "heading":
                 parts.append(f"<h{block[1]}>{inline(block[2])}</h{block[1]}>")
             elif kind == "paragraph":
-                css = ' class="best"' if block[1].startswith("**The best model") or block[1].startswith("**Only one") else ""
+                css = (
+                    ' class="best"'
+                    if block[1].startswith("**The best model") or block[1].startswith("**Only one")
+                    else ""
+                )
                 parts.append(f"<p{css}>{inline(block[1])}</p>")
             elif kind == "table":
                 table = block[1]
-                parts.append("<table><thead><tr>" + "".join(f"<th>{inline(h)}</th>" for h in table.header) + "</tr></thead><tbody>")
+                parts.append(
+                    "<table><thead><tr>"
+                    + "".join(f"<th>{inline(h)}</th>" for h in table.header)
+                    + "</tr></thead><tbody>"
+                )
                 for row in table.rows:
                     cells = "".join(
                         f'<td class="num">{inline(v)}</td>' if c >= table.align_right_from else f"<td>{inline(v)}</td>"
@@ -492,7 +575,9 @@ def comparison_table(evaluations: list[ModelEvaluation], histories: dict[str, li
     metric_row("Loss (cross-entropy)", "loss", _number, higher_is_better=False)
     for average in ("macro", "weighted"):
         for measure in ("precision", "recall", "f1"):
-            metric_row(f"{measure.capitalize() if measure != 'f1' else 'F1'} ({average})", f"{average}_{measure}", _number)
+            metric_row(
+                f"{measure.capitalize() if measure != 'f1' else 'F1'} ({average})", f"{average}_{measure}", _number
+            )
     trained = [e.card.metrics.get("val_accuracy") if e.card else None for e in evaluations]
     if any(v is not None for v in trained):
         rows.append(["Validation accuracy in training (best epoch)", *[_percent(v) for v in trained]])
@@ -539,14 +624,24 @@ class Report:
     evaluations: list[ModelEvaluation]
 
 
-def build_document(evaluations: list[ModelEvaluation], histories: dict[str, list[dict]], samples: int = 16) -> tuple[Document, str, str]:
+def build_document(
+    evaluations: list[ModelEvaluation], histories: dict[str, list[dict]], samples: int = 16
+) -> tuple[Document, str, str]:
     """The report's blocks and pictures: (document, best model's name, the reason)."""
     best_name, reason = choose_best_model(evaluations)
     document = Document("Model comparison")
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sources = sorted({e.source for e in evaluations})
-    document.paragraph(f"Written {created}. Scored on " + "; ".join(sources) + "."
-                       + (" Predictions averaged with those of mirrored photos (test-time augmentation)." if any(e.tta for e in evaluations) else ""))
+    document.paragraph(
+        f"Written {created}. Scored on "
+        + "; ".join(sources)
+        + "."
+        + (
+            " Predictions averaged with those of mirrored photos (test-time augmentation)."
+            if any(e.tta for e in evaluations)
+            else ""
+        )
+    )
     if len(sources) > 1:
         document.paragraph("The models were scored on different photos, so their numbers are not strictly comparable.")
     document.heading("Best model")
@@ -559,7 +654,14 @@ def build_document(evaluations: list[ModelEvaluation], histories: dict[str, list
     if same_classes:
         document.heading("Per-class metrics")
         document.table(per_class_table(evaluations))
-        document.image(Image("per_class_f1.png", figure_png(plot_per_class_f1(evaluations)), "F1 per class, all models", "F1 per class"))
+        document.image(
+            Image(
+                "per_class_f1.png",
+                figure_png(plot_per_class_f1(evaluations)),
+                "F1 per class, all models",
+                "F1 per class",
+            )
+        )
     else:
         document.paragraph("The models know different classes, so there is no per-class comparison.")
         for e in evaluations:
@@ -573,23 +675,40 @@ def build_document(evaluations: list[ModelEvaluation], histories: dict[str, list
             document.paragraph(f"{e.name}: no photo was taken for another class.")
             continue
         document.paragraph(f"{e.name}:")
-        document.table(Table(["True class", "Predicted as", "Photos", "Share of the true class"],
-                             [[p["true"], p["predicted"], str(p["count"]), f"{p['share_of_true']:.0%}"] for p in pairs], 2))
+        document.table(
+            Table(
+                ["True class", "Predicted as", "Photos", "Share of the true class"],
+                [[p["true"], p["predicted"], str(p["count"]), f"{p['share_of_true']:.0%}"] for p in pairs],
+                2,
+            )
+        )
 
     document.heading("Training curves")
     for e in evaluations:
         kept = e.card.metrics.get("kept_epoch") if e.card else None
         figure = plot_training_curves(histories[e.model_uri], f"{e.name}: training", int(kept) if kept else None)
-        document.image(Image(_file_name("curves", e.name), figure_png(figure),
-                             f"{e.name}: loss and accuracy per epoch, training vs validation; dashed line: phase switch, dotted: learning-rate change, star: the epoch whose weights were kept; right: the learning rate",
-                             f"{e.name} training curves"))
+        document.image(
+            Image(
+                _file_name("curves", e.name),
+                figure_png(figure),
+                f"{e.name}: loss and accuracy per epoch, training vs validation; dashed line: phase switch, dotted: learning-rate change, star: the epoch whose weights were kept; right: the learning rate",
+                f"{e.name} training curves",
+            )
+        )
 
     document.heading("Confusion matrices")
     for e in evaluations:
-        figure = plot_confusion_matrix(e.metrics["confusion_matrix"], e.class_names, f"{e.name}: accuracy {e.metrics['accuracy']:.1%}")
-        document.image(Image(_file_name("confusion", e.name), figure_png(figure),
-                             f"{e.name}: confusion matrix; each row is a true class, its cells the shares (and counts) of its photos predicted as each class",
-                             f"{e.name} confusion matrix"))
+        figure = plot_confusion_matrix(
+            e.metrics["confusion_matrix"], e.class_names, f"{e.name}: accuracy {e.metrics['accuracy']:.1%}"
+        )
+        document.image(
+            Image(
+                _file_name("confusion", e.name),
+                figure_png(figure),
+                f"{e.name}: confusion matrix; each row is a true class, its cells the shares (and counts) of its photos predicted as each class",
+                f"{e.name} confusion matrix",
+            )
+        )
 
     chosen = choose_samples(evaluations, samples)
     if samples > 0:
@@ -600,8 +719,14 @@ def build_document(evaluations: list[ModelEvaluation], histories: dict[str, list
                 continue
             num_wrong = int(sum(e.y_true[i] != e.y_pred[i] for i in indices))
             figure = plot_sample_grid(e, indices, f"{e.name}: {len(indices) - num_wrong} of {len(indices)} right")
-            document.image(Image(_file_name("samples", e.name), figure_png(figure),
-                                 f"{e.name}: {len(indices)} sample photos, wrong predictions in red", f"{e.name} sample predictions"))
+            document.image(
+                Image(
+                    _file_name("samples", e.name),
+                    figure_png(figure),
+                    f"{e.name}: {len(indices)} sample photos, wrong predictions in red",
+                    f"{e.name} sample predictions",
+                )
+            )
 
     skipped = [(e.name, path, why) for e in evaluations for path, why in e.skipped]
     if skipped:
@@ -611,7 +736,9 @@ def build_document(evaluations: list[ModelEvaluation], histories: dict[str, list
     return document, best_name, reason
 
 
-def render_report(evaluations: list[ModelEvaluation], histories: dict[str, list[dict]], output: str, samples: int = 16) -> Report:
+def render_report(
+    evaluations: list[ModelEvaluation], histories: dict[str, list[dict]], output: str, samples: int = 16
+) -> Report:
     """Writes report.md, report.html, the PNGs and metrics.json to `output` (local or s3://)."""
     output = str(output)
     document, best_name, reason = build_document(evaluations, histories, samples)
@@ -620,7 +747,9 @@ def render_report(evaluations: list[ModelEvaluation], histories: dict[str, list[
         uri = storage.join(output, image.file_name)
         storage.write_bytes(uri, image.png)
         image_uris.append(uri)
-    markdown_uri, html_uri, metrics_uri = (storage.join(output, name) for name in ("report.md", "report.html", "metrics.json"))
+    markdown_uri, html_uri, metrics_uri = (
+        storage.join(output, name) for name in ("report.md", "report.html", "metrics.json")
+    )
     storage.write_bytes(markdown_uri, document.to_markdown().encode())
     storage.write_bytes(html_uri, document.to_html().encode())
     summary = {"best_model": best_name, "reason": reason, "models": [e.to_dict() for e in evaluations]}
@@ -629,8 +758,16 @@ def render_report(evaluations: list[ModelEvaluation], histories: dict[str, list[
     return Report(output, markdown_uri, html_uri, metrics_uri, image_uris, best_name, reason, evaluations)
 
 
-def write_report(model_uris: list[str], output: str, data: str | None = None, *, samples: int = 16, batch_size: int = 64,
-                 tta: bool = False, device=None) -> Report:
+def write_report(
+    model_uris: list[str],
+    output: str,
+    data: str | None = None,
+    *,
+    samples: int = 16,
+    batch_size: int = 64,
+    tta: bool = False,
+    device=None,
+) -> Report:
     """Scores each model (on its own validation split, or on `data`: a labelled tree or a Parquet output
     with true_label) and writes the comparison report to `output`. Every history is read first, so
     that a missing one fails before any scoring."""

@@ -82,9 +82,13 @@ class ModelConfig:
         values = dict(values or {})
         unknown = set(values) - {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta"}
         if unknown:
-            raise ValueError(f"Unknown user_config keys {sorted(unknown)}; use model_uri, max_batch_size, batch_wait_timeout_s and tta.")
+            raise ValueError(
+                f"Unknown user_config keys {sorted(unknown)}; use model_uri, max_batch_size, batch_wait_timeout_s and tta."
+            )
         if not values.get("model_uri"):
-            raise ValueError("The deployment's user_config has no model_uri; set it to a model artifact directory or s3:// URI.")
+            raise ValueError(
+                "The deployment's user_config has no model_uri; set it to a model artifact directory or s3:// URI."
+            )
         config = cls(
             str(values["model_uri"]),
             int(values.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
@@ -146,7 +150,9 @@ async def _internal_error(request: Request, error: Exception) -> JSONResponse:
 
 
 def body_limit_error(max_body_bytes: int) -> RequestError:
-    return RequestError(413, f"The request body is over the limit of {max_body_bytes / 1e6:g} MB; send a smaller photo.")
+    return RequestError(
+        413, f"The request body is over the limit of {max_body_bytes / 1e6:g} MB; send a smaller photo."
+    )
 
 
 async def limited_stream(request: Request, max_body_bytes: int):
@@ -193,12 +199,16 @@ async def read_photos(request: Request, max_body_bytes: int, max_files: int) -> 
         return [(None, bytes(body))]
 
     # Files over 1 MB spool to disk while parsing; the parser stops at the (max_files + 1)th file.
-    parser = MultiPartParser(request.headers, limited_stream(request, max_body_bytes), max_files=max_files, max_fields=max_files)
+    parser = MultiPartParser(
+        request.headers, limited_stream(request, max_body_bytes), max_files=max_files, max_fields=max_files
+    )
     try:
         form = await parser.parse()
     except MultiPartException as error:
         if "Too many files" in str(error):
-            raise RequestError(400, f"The request holds more than {max_files} files; send at most {max_files} per request.") from None
+            raise RequestError(
+                400, f"The request holds more than {max_files} files; send at most {max_files} per request."
+            ) from None
         raise RequestError(400, f"The multipart body cannot be parsed ({error}).") from None
     try:
         uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
@@ -238,7 +248,12 @@ class Classifier:
     `__init__`, before routing traffic here) and replaced there when the URI changes.
     """
 
-    def __init__(self, max_body_mb: float = DEFAULT_MAX_BODY_MB, max_files: int = DEFAULT_MAX_FILES, torch_threads: int | None = None):
+    def __init__(
+        self,
+        max_body_mb: float = DEFAULT_MAX_BODY_MB,
+        max_files: int = DEFAULT_MAX_FILES,
+        torch_threads: int | None = None,
+    ):
         import torch
 
         if torch_threads:
@@ -258,13 +273,22 @@ class Classifier:
         async with self._reconfigure_lock:
             self.classify.set_max_batch_size(config.max_batch_size)
             self.classify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-            if self.predictor is None or self.config is None or (config.model_uri, config.tta) != (self.config.model_uri, self.config.tta):
+            if (
+                self.predictor is None
+                or self.config is None
+                or (config.model_uri, config.tta) != (self.config.model_uri, self.config.tta)
+            ):
                 started = time.perf_counter()
                 # Loaded off the event loop: the old model keeps answering until the new one is ready.
                 load = functools.partial(Predictor, config.model_uri, tta=config.tta)
                 predictor = await asyncio.get_running_loop().run_in_executor(None, load)
                 self.predictor = predictor
-                logger.info("Serving %s from %s (loaded in %.1f s).", predictor.model_id, config.model_uri, time.perf_counter() - started)
+                logger.info(
+                    "Serving %s from %s (loaded in %.1f s).",
+                    predictor.model_id,
+                    config.model_uri,
+                    time.perf_counter() - started,
+                )
             self.config = config
 
     def check_health(self) -> None:
@@ -339,7 +363,10 @@ class Classifier:
                 "content": {
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                     "multipart/form-data": {
-                        "schema": {"type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+                        "schema": {
+                            "type": "object",
+                            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                        }
                     },
                 },
             },
@@ -429,7 +456,11 @@ def build_app(
     if autoscaling:
         low, high = autoscaling
         # One full batch waiting per replica is the load a replica should carry.
-        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": max_batch_size}
+        options["autoscaling_config"] = {
+            "min_replicas": low,
+            "max_replicas": high,
+            "target_ongoing_requests": max_batch_size,
+        }
     else:
         options["num_replicas"] = num_replicas
     return Classifier.options(**options).bind(max_body_mb=max_body_mb, max_files=max_files, torch_threads=torch_threads)
@@ -442,7 +473,16 @@ def app_builder(args: dict) -> serve.Application:
     torch_threads; a `user_config` in the config file's deployments section overrides the first three.
     """
     args = dict(args or {})
-    known = {"model_uri", "max_batch_size", "batch_wait_timeout_s", "max_body_mb", "max_files", "torch_threads", "access_log", "tta"}
+    known = {
+        "model_uri",
+        "max_batch_size",
+        "batch_wait_timeout_s",
+        "max_body_mb",
+        "max_files",
+        "torch_threads",
+        "access_log",
+        "tta",
+    }
     if set(args) - known:
         raise ValueError(f"Unknown application args {sorted(set(args) - known)}; use {', '.join(sorted(known))}.")
     return build_app(args.pop("model_uri", None), **args)
@@ -457,13 +497,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     scaling = parser.add_mutually_exclusive_group()
     scaling.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
-    scaling.add_argument("--autoscaling", type=int, nargs=2, metavar=("MIN", "MAX"), help="autoscale between MIN and MAX replicas")
-    parser.add_argument("--num-gpus", type=float, default=None, help="GPUs per replica (default: 1 if the cluster has GPUs, else 0)")
+    scaling.add_argument(
+        "--autoscaling", type=int, nargs=2, metavar=("MIN", "MAX"), help="autoscale between MIN and MAX replicas"
+    )
+    parser.add_argument(
+        "--num-gpus", type=float, default=None, help="GPUs per replica (default: 1 if the cluster has GPUs, else 0)"
+    )
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads per replica (default: torch's)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads per replica (default: torch's)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--batch-wait-timeout-s", type=float, default=DEFAULT_BATCH_WAIT_TIMEOUT_S)
-    parser.add_argument("--max-ongoing-requests", type=int, default=DEFAULT_MAX_ONGOING_REQUESTS, help="requests a replica accepts at once")
+    parser.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=DEFAULT_MAX_ONGOING_REQUESTS,
+        help="requests a replica accepts at once",
+    )
     parser.add_argument(
         "--high-throughput",
         action="store_true",
@@ -471,9 +522,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "on a remote cluster set both variables on every node before Ray starts instead",
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average each photo's probabilities with its mirror's")
-    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="largest request body accepted (413 above)")
-    parser.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="most photos in one multipart request (400 above)")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each photo's probabilities with its mirror's",
+    )
+    parser.add_argument(
+        "--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="largest request body accepted (413 above)"
+    )
+    parser.add_argument(
+        "--max-files", type=int, default=DEFAULT_MAX_FILES, help="most photos in one multipart request (400 above)"
+    )
 
 
 def _interrupt(signum, frame) -> None:
@@ -519,7 +578,10 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
-        print(f"Serving {args.model} at http://{args.host}:{args.port}/predict (API docs at /docs); Ctrl-C stops.", flush=True)
+        print(
+            f"Serving {args.model} at http://{args.host}:{args.port}/predict (API docs at /docs); Ctrl-C stops.",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

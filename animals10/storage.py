@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from animals10.errors import NotFoundError, StorageError
 
@@ -23,7 +23,7 @@ def is_s3(uri: str) -> bool:
 
 def split_s3(uri: str) -> tuple[str, str]:
     """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
-    bucket, _, key = str(uri)[len("s3://"):].partition("/")
+    bucket, _, key = str(uri)[len("s3://") :].partition("/")
     if not bucket:
         raise StorageError(f"'{uri}' names no bucket; write it as s3://bucket/prefix.")
     return bucket, key
@@ -45,7 +45,7 @@ def set_s3_endpoint(endpoint_url: str | None) -> None:
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _client(endpoint_url: str | None):
     import boto3
     from botocore.config import Config
@@ -56,7 +56,6 @@ def _client(endpoint_url: str | None):
 
 def s3_client():
     return _client(s3_endpoint())
-
 
 
 def explain(uri: str, error: Exception) -> StorageError:
@@ -70,7 +69,9 @@ def explain(uri: str, error: Exception) -> StorageError:
     if isinstance(error, NoCredentialsError):
         return StorageError(f"No AWS credentials were found for '{uri}'; set them in the environment or ~/.aws.")
     if isinstance(error, EndpointConnectionError):
-        return StorageError(f"Cannot reach the S3 endpoint for '{uri}' ({error}); check the network or AWS_ENDPOINT_URL.")
+        return StorageError(
+            f"Cannot reach the S3 endpoint for '{uri}' ({error}); check the network or AWS_ENDPOINT_URL."
+        )
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket",):
@@ -192,7 +193,11 @@ def exists(uri: str) -> bool:
         except Exception as error:  # noqa: BLE001
             from botocore.exceptions import ClientError
 
-            if isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in (
+                "404",
+                "NoSuchKey",
+                "NotFound",
+            ):
                 return False
             raise explain(uri, error) from error
     return Path(uri).exists()
@@ -234,11 +239,11 @@ def arrow_filesystem(uri: str):
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         else:
             region = _bucket_region(split_s3(uri)[0])  # AWS: the bucket's own region
-        return _s3_filesystem(endpoint, region), str(uri)[len("s3://"):]
+        return _s3_filesystem(endpoint, region), str(uri)[len("s3://") :]
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _s3_filesystem(endpoint: str | None, region: str):
     import pyarrow.fs as pafs
 

@@ -101,7 +101,9 @@ def _configure_phase(model: torch.nn.Module, phase: str, phase_epochs: int, loop
 
         scheduler = LambdaLR(optimizer, factor)
     else:
-        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=loop["plateau_factor"], patience=loop["plateau_patience"])
+        scheduler = ReduceLROnPlateau(
+            optimizer, mode="min", factor=loop["plateau_factor"], patience=loop["plateau_patience"]
+        )
     return ray.train.torch.prepare_model(plain), optimizer, scheduler
 
 
@@ -109,7 +111,14 @@ def _epoch_metrics(train: EpochTotals, val: EpochTotals, class_names: list[str])
     """Workers' sums -> the epoch's metrics (identical on every worker)."""
     num_classes = len(class_names)
     summed = _all_reduce(
-        [train.loss_sum, train.num_correct, train.num_images, val.loss_sum, val.num_images, *val.confusion.ravel().tolist()]
+        [
+            train.loss_sum,
+            train.num_correct,
+            train.num_images,
+            val.loss_sum,
+            val.num_images,
+            *val.confusion.ravel().tolist(),
+        ]
     )
     train_loss, train_correct, train_images, val_loss, val_images = summed[:5]
     confusion = np.asarray(summed[5:], dtype=np.int64).reshape(num_classes, num_classes)
@@ -149,14 +158,24 @@ def train_loop_per_worker(loop: dict) -> None:
     preprocessing = Preprocessing.from_dict(loop["preprocessing"])  # validation's, the artifact's
     train_preprocessing = replace(preprocessing, image_size=loop["image_size"])
     augmentation = Augmentation.from_dict(loop["augmentation"])
-    class_weights = torch.tensor(loop["class_weights"], dtype=torch.float32, device=device) if loop["class_weights"] else None
+    class_weights = (
+        torch.tensor(loop["class_weights"], dtype=torch.float32, device=device) if loop["class_weights"] else None
+    )
     class_names = loop["class_names"]
     transfer = get_model_spec(loop["model_name"]).transfer
     head_epochs = max(1, round(loop["epochs"] * loop["head_epochs_fraction"])) if transfer else 0
 
     model = create_model(loop["model_name"], len(class_names), **loop["model_kwargs"])
     model.load_state_dict(ray.get(loop["initial_state"]))  # ImageNet backbone or random init, loaded once by the driver
-    state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "stale_epochs": 0, "stopped_early": False, "skipped": [], "resumed_after": []}
+    state = {
+        "epoch": 0,
+        "history": [],
+        "best_val_loss": float("inf"),
+        "stale_epochs": 0,
+        "stopped_early": False,
+        "skipped": [],
+        "resumed_after": [],
+    }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as checkpoint_dir:
@@ -175,7 +194,11 @@ def train_loop_per_worker(loop: dict) -> None:
 
     phase = phase_of(state["epoch"])
     model, optimizer, scheduler = _configure_phase(model, phase, epochs_in(phase), loop)
-    saved_phase, optimizer_state, scheduler_state = state.pop("phase", None), state.pop("optimizer", None), state.pop("scheduler", None)
+    saved_phase, optimizer_state, scheduler_state = (
+        state.pop("phase", None),
+        state.pop("optimizer", None),
+        state.pop("scheduler", None),
+    )
     if saved_phase == phase and optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(scheduler_state)
@@ -192,14 +215,27 @@ def train_loop_per_worker(loop: dict) -> None:
             phase = phase_of(epoch)
             model, optimizer, scheduler = _configure_phase(model, phase, epochs_in(phase), loop)
             state["best_val_loss"], state["stale_epochs"] = float("inf"), 0  # patience starts again
-        batches = train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2)
+        batches = train_shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=batch_size * 8, prefetch_batches=2
+        )
         train_totals = train_one_epoch(
-            model, batches, optimizer, train_preprocessing, augmentation, device, loop["label_smoothing"], loop["mixed_precision"],
-            class_weights, len(class_names), loop["copies"],
+            model,
+            batches,
+            optimizer,
+            train_preprocessing,
+            augmentation,
+            device,
+            loop["label_smoothing"],
+            loop["mixed_precision"],
+            class_weights,
+            len(class_names),
+            loop["copies"],
         )
         _broadcast_buffers(model)
         val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
-        val_totals = evaluate(unwrap(model), val_batches, preprocessing, device, len(class_names), loop["mixed_precision"])
+        val_totals = evaluate(
+            unwrap(model), val_batches, preprocessing, device, len(class_names), loop["mixed_precision"]
+        )
         metrics = _epoch_metrics(train_totals, val_totals, class_names)
         skipped = _all_gather_paths(train_totals.skipped + val_totals.skipped)
         lr = optimizer.param_groups[0]["lr"]
@@ -273,13 +309,20 @@ def _datasets(config: TrainConfig, tree: LabelledTree, train_idx: list[int], val
     deterministic (augmentation happens on the workers), so kept photos train the same model."""
     import ray
 
-    datasets = {"train": _dataset(tree.records(train_idx), config.train_decode_size), "val": _dataset(tree.records(val_idx), config.inference_size)}
+    datasets = {
+        "train": _dataset(tree.records(train_idx), config.train_decode_size),
+        "val": _dataset(tree.records(val_idx), config.inference_size),
+    }
     decoded_bytes = 3 * (len(train_idx) * config.train_decode_size**2 + len(val_idx) * config.inference_size**2)
     keep = config.cache_decoded
     if keep is None:
         keep = decoded_bytes <= ray.cluster_resources().get("object_store_memory", 0) / 4
     if keep:
-        logger.info("Decoding %d photos once (%.0f MB) and keeping them for every epoch", len(train_idx) + len(val_idx), decoded_bytes / 1e6)
+        logger.info(
+            "Decoding %d photos once (%.0f MB) and keeping them for every epoch",
+            len(train_idx) + len(val_idx),
+            decoded_bytes / 1e6,
+        )
         datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
     return datasets, keep
 
@@ -292,7 +335,9 @@ def _run_config(config: TrainConfig, model_name: str):
         name=model_name,
         storage_path=path,
         storage_filesystem=fs,
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+        ),
         failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
     )
 
@@ -309,11 +354,23 @@ def initial_model(config: TrainConfig, model_name: str, class_names: list[str]) 
     if not get_model_spec(model_name).transfer:
         return create_model(model_name, len(class_names), **config.model_kwargs)
     head = {"head_classes": class_names} if config.imagenet_head and config.pretrained else {}
-    return create_model(model_name, len(class_names), pretrained=config.pretrained, weights_path=config.weights, **config.model_kwargs, **head)
+    return create_model(
+        model_name,
+        len(class_names),
+        pretrained=config.pretrained,
+        weights_path=config.weights,
+        **config.model_kwargs,
+        **head,
+    )
 
 
 def train_model(
-    config: TrainConfig, model_name: str, tree: LabelledTree, train_idx: list[int], val_idx: list[int], initial: torch.nn.Module
+    config: TrainConfig,
+    model_name: str,
+    tree: LabelledTree,
+    train_idx: list[int],
+    val_idx: list[int],
+    initial: torch.nn.Module,
 ) -> TrainedModel:
     """Trains one model with Ray Train and writes its artifact to `<output>/<model>/`."""
     import ray
@@ -326,7 +383,11 @@ def train_model(
     preprocessing = Preprocessing(config.inference_size, spec.mean, spec.std)  # training itself runs at image_size
     train_counts = tree.class_counts(train_idx)
     # Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double.
-    class_weights = [len(train_idx) / (len(train_counts) * max(n, 1)) for n in train_counts.values()] if config.class_weighting else None
+    class_weights = (
+        [len(train_idx) / (len(train_counts) * max(n, 1)) for n in train_counts.values()]
+        if config.class_weighting
+        else None
+    )
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     datasets, decoded_once = _datasets(config, tree, train_idx, val_idx)
     loop = {
@@ -341,14 +402,26 @@ def train_model(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
+        ),
         run_config=_run_config(config, model_name),
         datasets=datasets,
     )
-    logger.info("Training %s for up to %d epochs on %d worker(s), %s", model_name, epochs, config.num_workers, "GPU" if use_gpu else "CPU")
+    logger.info(
+        "Training %s for up to %d epochs on %d worker(s), %s",
+        model_name,
+        epochs,
+        config.num_workers,
+        "GPU" if use_gpu else "CPU",
+    )
     result = trainer.fit()
     latest = _load_state(result.checkpoint)
-    kept = latest if config.keep == "last" else _load_state(result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint)
+    kept = (
+        latest
+        if config.keep == "last"
+        else _load_state(result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint)
+    )
     history = latest["history"]
     kept_metrics = history[kept["epoch"] - 1]
 
@@ -382,7 +455,9 @@ def train_model(
     uri = storage.join(config.output, model_name)
     save_artifact(model, card, uri, extra_files=_history_files(history))
     if latest["skipped"]:
-        logger.warning("%d file(s) could not be decoded and were skipped: %s", len(latest["skipped"]), latest["skipped"][:10])
+        logger.warning(
+            "%d file(s) could not be decoded and were skipped: %s", len(latest["skipped"]), latest["skipped"][:10]
+        )
     return TrainedModel(model_name, uri, card.metrics, history)
 
 
@@ -398,16 +473,31 @@ def train_models(config: TrainConfig) -> list[TrainedModel]:
     train_idx, val_idx = split_indices(tree, config.val_fraction, config.seed)
     storage.check_writable(config.output)
     initial = {name: initial_model(config, name, tree.class_names) for name in config.models}
-    logger.info("%d photos in %d classes under %s: %d for training, %d for validation", len(tree.paths), len(tree.class_names), tree.root, len(train_idx), len(val_idx))
+    logger.info(
+        "%d photos in %d classes under %s: %d for training, %d for validation",
+        len(tree.paths),
+        len(tree.class_names),
+        tree.root,
+        len(train_idx),
+        len(val_idx),
+    )
     for name, count in tree.class_counts().items():
-        logger.info("  %-12s %6d photos (train %d, val %d)", name, count, tree.class_counts(train_idx)[name], tree.class_counts(val_idx)[name])
+        logger.info(
+            "  %-12s %6d photos (train %d, val %d)",
+            name,
+            count,
+            tree.class_counts(train_idx)[name],
+            tree.class_counts(val_idx)[name],
+        )
     init_ray(min_cpus=config.num_workers * config.cpus_per_worker + 1)
     return [train_model(config, name, tree, train_idx, val_idx, initial[name]) for name in config.models]
 
 
 def comparison_table(models: list[TrainedModel]) -> str:
     """The study's table: validation loss, accuracy, precision and recall per model."""
-    header = f"{'Model':<20} {'Val loss':>9} {'Accuracy':>9} {'Precision':>10} {'Recall':>8} {'Epochs':>7} {'Images/s':>9}"
+    header = (
+        f"{'Model':<20} {'Val loss':>9} {'Accuracy':>9} {'Precision':>10} {'Recall':>8} {'Epochs':>7} {'Images/s':>9}"
+    )
     rows = [header, "-" * len(header)]
     for m in models:
         rows.append(
@@ -437,41 +527,126 @@ def _number(valid, wanted: str, cast=float):
 
 _alpha = _number(lambda v: v >= 0, "a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
 _copies = _number(lambda v: v >= 1 and v.is_integer(), "a number of copies: give a whole number >= 1", cast=int)
-_orientations = _number(lambda v: v >= 0 and v.is_integer(), "a number of orientations: give a whole number >= 0 (0 turns it off)", cast=int)
+_orientations = _number(
+    lambda v: v >= 0 and v.is_integer(), "a number of orientations: give a whole number >= 0 (0 turns it off)", cast=int
+)
 _fraction = _number(lambda v: 0 < v < 1, "a share of the photos: give a number above 0 and below 1")
 _probability = _number(lambda v: 0 <= v <= 1, "a probability: give a number from 0 to 1 (0 turns it off)")
 
 
 def add_train_arguments(parser) -> None:
     defaults = TrainConfig()
-    parser.add_argument("--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix")
-    parser.add_argument("--model", action="append", choices=list_models(), help=f"repeatable (default: {' and '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--recipe", choices=list(RECIPES), default="best", help="named training settings (see README); options below override them")
-    parser.add_argument("--output", default=defaults.output, help="local dir or s3:// URI for artifacts and checkpoints")
-    parser.add_argument("--epochs", type=int, help="every model's epochs (default: the recipe's; best: 120 for custom_cnn, 20 for transfer models)")
+    parser.add_argument(
+        "--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix"
+    )
+    parser.add_argument(
+        "--model", action="append", choices=list_models(), help=f"repeatable (default: {' and '.join(DEFAULT_MODELS)})"
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default="best",
+        help="named training settings (see README); options below override them",
+    )
+    parser.add_argument(
+        "--output", default=defaults.output, help="local dir or s3:// URI for artifacts and checkpoints"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="every model's epochs (default: the recipe's; best: 120 for custom_cnn, 20 for transfer models)",
+    )
     parser.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
-    parser.add_argument("--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})")
-    parser.add_argument("--augment-size", type=int, metavar="PX", help="decode and augment training photos at this size, then resize them to --image-size (best: 128 for custom_cnn)")
-    parser.add_argument("--test-size", type=int, metavar="PX", help="input size of validation and inference, a little above --image-size to offset the zoom of random crops (best: 72 for custom_cnn)")
-    parser.add_argument("--keep", choices=KEEP_CHOICES, help="the epoch the artifact keeps (default: the recipe's; study: best_val_loss, best: last)")
-    parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=None, help="transfer models: BatchNorm keeps its ImageNet statistics while fine-tuning (best: on)")
-    parser.add_argument("--imagenet-head", action=argparse.BooleanOptionalAction, default=None, help="transfer models: the head starts from the ImageNet classifier's rows of each class (best: on)")
-    parser.add_argument("--image-size", type=int, help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)")
-    parser.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=None, help="TrivialAugment: one random operation per photo")
+    parser.add_argument(
+        "--fine-tune-lr", type=float, help=f"transfer models' fine-tuning rate (default {defaults.fine_tune_lr})"
+    )
+    parser.add_argument(
+        "--augment-size",
+        type=int,
+        metavar="PX",
+        help="decode and augment training photos at this size, then resize them to --image-size (best: 128 for custom_cnn)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=int,
+        metavar="PX",
+        help="input size of validation and inference, a little above --image-size to offset the zoom of random crops (best: 72 for custom_cnn)",
+    )
+    parser.add_argument(
+        "--keep",
+        choices=KEEP_CHOICES,
+        help="the epoch the artifact keeps (default: the recipe's; study: best_val_loss, best: last)",
+    )
+    parser.add_argument(
+        "--freeze-batchnorm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="transfer models: BatchNorm keeps its ImageNet statistics while fine-tuning (best: on)",
+    )
+    parser.add_argument(
+        "--imagenet-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="transfer models: the head starts from the ImageNet classifier's rows of each class (best: on)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="input size in pixels of every model (default: the recipe's: 128; best: 64 for custom_cnn, 224 for transfer models)",
+    )
+    parser.add_argument(
+        "--trivial-augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TrivialAugment: one random operation per photo",
+    )
     parser.add_argument("--mixup", type=_alpha, metavar="ALPHA", help="MixUp with this Beta(alpha, alpha) (0: off)")
     parser.add_argument("--cutmix", type=_alpha, metavar="ALPHA", help="CutMix with this Beta(alpha, alpha) (0: off)")
-    parser.add_argument("--grayscale", type=_probability, metavar="P", help="turn each training photo grey with probability P (default: the recipe's; 0: off)")
-    parser.add_argument("--copies", type=_copies, metavar="N", help="train on each photo of a batch in N differently augmented copies (default: the recipe's; 1: once)")
-    parser.add_argument("--scattering", type=_orientations, metavar="N", help="custom_cnn: a fixed first block of Morlet wavelets at N orientations, a scattering transform (default: the recipe's; best: 8; 0: a learned first block)")
+    parser.add_argument(
+        "--grayscale",
+        type=_probability,
+        metavar="P",
+        help="turn each training photo grey with probability P (default: the recipe's; 0: off)",
+    )
+    parser.add_argument(
+        "--copies",
+        type=_copies,
+        metavar="N",
+        help="train on each photo of a batch in N differently augmented copies (default: the recipe's; 1: once)",
+    )
+    parser.add_argument(
+        "--scattering",
+        type=_orientations,
+        metavar="N",
+        help="custom_cnn: a fixed first block of Morlet wavelets at N orientations, a scattering transform (default: the recipe's; best: 8; 0: a learned first block)",
+    )
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 1)")
     parser.add_argument("--cpus-per-worker", type=int, help="CPUs reserved per worker (default 1)")
-    parser.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them")
-    parser.add_argument("--cache-decoded", action=argparse.BooleanOptionalAction, default=None, help="decode the photos once and keep them in Ray's object store for every epoch (default: when they take at most a quarter of it)")
+    parser.add_argument(
+        "--use-gpu", action=argparse.BooleanOptionalAction, default=None, help="default: GPUs when the cluster has them"
+    )
+    parser.add_argument(
+        "--cache-decoded",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode the photos once and keep them in Ray's object store for every epoch (default: when they take at most a quarter of it)",
+    )
     parser.add_argument("--weights", help="file with the backbone's ImageNet weights (torchvision's mobilenet_v2 .pth)")
-    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None, help="random init (no ImageNet weights)")
+    parser.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        default=None,
+        help="random init (no ImageNet weights)",
+    )
     parser.add_argument("--max-failures", type=int, help="worker/node failures to recover from (default 0)")
-    parser.add_argument("--val-fraction", type=_fraction, metavar="F", help=f"share of each class's photos held out for validation (default {defaults.val_fraction}); on a small set, less leaves more to train on")
+    parser.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        metavar="F",
+        help=f"share of each class's photos held out for validation (default {defaults.val_fraction}); on a small set, less leaves more to train on",
+    )
     parser.add_argument("--seed", type=int, help="seed of the split and initialisation (default 42)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS, or $AWS_ENDPOINT_URL)")
 
@@ -504,7 +679,9 @@ def config_from_args(args) -> TrainConfig:
         s3_endpoint=args.s3_endpoint,
         copies=args.copies,
     )
-    config = config.with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)
+    config = config.with_augmentation(
+        trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale
+    )
     scattering = None if args.scattering is None else {"scattering": args.scattering} if args.scattering else {}
     return config.with_model_settings("custom_cnn", model_kwargs=scattering)
 

@@ -46,11 +46,13 @@ class Augmentation:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Augmentation":
+    def from_dict(cls, values: dict) -> Augmentation:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def to_model_input(images: torch.Tensor, preprocessing: Preprocessing, augmentation: Augmentation | None = None) -> torch.Tensor:
+def to_model_input(
+    images: torch.Tensor, preprocessing: Preprocessing, augmentation: Augmentation | None = None
+) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, S, S) float32, augmented when given, resized to the model's size S
     when the photos are another size, normalised.
 
@@ -107,11 +109,15 @@ def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Genera
         log_ratio = uniform(math.log(3 / 4), math.log(4 / 3)) if low_area < 1.0 else torch.zeros_like(area)
         scale_x = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
         scale_y = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
-        shift_x = (uniform(-1, 1) * (1 - scale_x))
-        shift_y = (uniform(-1, 1) * (1 - scale_y))
+        shift_x = uniform(-1, 1) * (1 - scale_x)
+        shift_y = uniform(-1, 1) * (1 - scale_y)
         cos, sin = angle.cos(), angle.sin()
         theta = torch.stack(
-            [torch.stack([cos * scale_x, -sin * scale_y, shift_x], 1), torch.stack([sin * scale_x, cos * scale_y, shift_y], 1)], 1
+            [
+                torch.stack([cos * scale_x, -sin * scale_y, shift_x], 1),
+                torch.stack([sin * scale_x, cos * scale_y, shift_y], 1),
+            ],
+            1,
         )
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -143,13 +149,21 @@ def trivial_augment(images: torch.Tensor) -> torch.Tensor:
 
 
 def mix_batch(
-    x: torch.Tensor, labels: torch.Tensor, num_classes: int, augmentation: Augmentation, generator: np.random.Generator | None = None
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    augmentation: Augmentation,
+    generator: np.random.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp or CutMix of a batch with itself reversed: (B, 3, H, W) inputs, (B,) class indices ->
     mixed inputs and (B, num_classes) soft targets. With both alphas set, each batch draws one of the two."""
     rng = generator or np.random.default_rng()
     targets = F.one_hot(labels, num_classes).to(x.dtype)
-    choices = [kind for kind, alpha in (("mixup", augmentation.mixup_alpha), ("cutmix", augmentation.cutmix_alpha)) if alpha > 0]
+    choices = [
+        kind
+        for kind, alpha in (("mixup", augmentation.mixup_alpha), ("cutmix", augmentation.cutmix_alpha))
+        if alpha > 0
+    ]
     if not choices or len(labels) < 2:
         return x, targets
     kind = choices[rng.integers(len(choices))]
@@ -163,6 +177,6 @@ def mix_batch(
         box_h, box_w = round(height * math.sqrt(1 - kept)), round(width * math.sqrt(1 - kept))
         top, left = int(rng.integers(height - box_h + 1)), int(rng.integers(width - box_w + 1))
         mixed = x.clone()
-        mixed[:, :, top:top + box_h, left:left + box_w] = x[partner, :, top:top + box_h, left:left + box_w]
+        mixed[:, :, top : top + box_h, left : left + box_w] = x[partner, :, top : top + box_h, left : left + box_w]
         share = 1 - box_h * box_w / (height * width)
     return mixed, targets * share + targets[partner] * (1 - share)

@@ -56,15 +56,27 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, help="override the recipes' input size")
     parser.add_argument("--test-size", type=int, help="override the recipes' validation and inference input size")
     parser.add_argument("--fine-tune-lr", type=float, help="override the recipes' fine-tuning rate of transfer models")
-    parser.add_argument("--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes")
+    parser.add_argument(
+        "--trivial-augment", action="store_true", default=None, help="add TrivialAugment to the recipes"
+    )
     parser.add_argument("--mixup", type=float, help="add MixUp with this alpha to the recipes")
     parser.add_argument("--cutmix", type=float, help="add CutMix with this alpha to the recipes")
-    parser.add_argument("--grayscale", type=float, help="turn this share of training photos grey (0: off; default: the recipes')")
+    parser.add_argument(
+        "--grayscale", type=float, help="turn this share of training photos grey (0: off; default: the recipes')"
+    )
     parser.add_argument("--copies", type=int, help="train on each photo of a batch in this many augmented copies")
-    parser.add_argument("--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)")
-    parser.add_argument("--scattering", type=int, help="the custom CNN's first block a fixed scattering transform with this many orientations (0: a learned block; default: the recipes': best 8)")
+    parser.add_argument(
+        "--widths", nargs="+", type=int, help="the custom CNN's channels per block (default 32 64 128 256)"
+    )
+    parser.add_argument(
+        "--scattering",
+        type=int,
+        help="the custom CNN's first block a fixed scattering transform with this many orientations (0: a learned block; default: the recipes': best 8)",
+    )
     parser.add_argument("--cpus-per-worker", type=int, default=2)
-    parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on")
+    parser.add_argument(
+        "--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on"
+    )
     parser.add_argument("--results", default="accuracy_results.json", help="where the per-run figures go")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -81,7 +93,9 @@ def main() -> None:
                         cpus_per_worker=args.cpus_per_worker, image_size=args.image_size, test_size=args.test_size,
                         fine_tune_lr=args.fine_tune_lr, copies=args.copies,
                     ).with_augmentation(trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, grayscale=args.grayscale)  # fmt: skip
-                    config = config.with_model_settings("custom_cnn", model_kwargs=cnn_kwargs(config, args.widths, args.scattering))
+                    config = config.with_model_settings(
+                        "custom_cnn", model_kwargs=cnn_kwargs(config, args.widths, args.scattering)
+                    )
                     start = time.perf_counter()
                     [trained] = train_models(config)
                     seconds = time.perf_counter() - start
@@ -115,35 +129,52 @@ def main() -> None:
 
     print(f"\n{args.data}: {len(args.seeds)} stratified 80/20 splits per row (seeds {args.seeds})")
     accelerator = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {accelerator}")
-    print("| recipe | model | input | accuracy | macro precision | macro recall | accuracy, flip TTA | accuracy at the training size | epochs | minutes/run |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {accelerator}"
+    )
+    print(
+        "| recipe | model | input | accuracy | macro precision | macro recall | accuracy, flip TTA | accuracy at the training size | epochs | minutes/run |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for recipe in args.recipes:
         for model in args.models:
             rows = [r for r in runs if r["recipe"] == recipe and r["model"] == model]
             cells = [
-                f"{np.mean([r[m] for r in rows]):.1%} ± {np.std([r[m] for r in rows]):.1%}" for m in (*METRICS, "val_accuracy_tta", "val_accuracy_at_train_size")
+                f"{np.mean([r[m] for r in rows]):.1%} ± {np.std([r[m] for r in rows]):.1%}"
+                for m in (*METRICS, "val_accuracy_tta", "val_accuracy_at_train_size")
             ]
             epochs = np.mean([r["epochs_run"] for r in rows])
             minutes = np.mean([r["seconds"] for r in rows]) / 60
-            sizes = f"{rows[0]['image_size']} px" + (f", {rows[0]['test_size']} at test" if rows[0]["test_size"] != rows[0]["image_size"] else "")
+            sizes = f"{rows[0]['image_size']} px" + (
+                f", {rows[0]['test_size']} at test" if rows[0]["test_size"] != rows[0]["image_size"] else ""
+            )
             print(f"| {recipe} | {model} | {sizes} | {' | '.join(cells)} | {epochs:.0f} | {minutes:.1f} |")
     print("\nweighted by class as in the whole Animals-10 set: accuracy per split, then mean ± sd")
-    for key, photos in (("val_accuracy_animals10_mix", "validation photos"), ("held_out_accuracy_animals10_mix", "other photos")):
+    for key, photos in (
+        ("val_accuracy_animals10_mix", "validation photos"),
+        ("held_out_accuracy_animals10_mix", "other photos"),
+    ):
         for recipe in args.recipes:
             for model in args.models:
                 figures = [r[key] for r in runs if r["recipe"] == recipe and r["model"] == model and key in r]
                 if figures:
-                    print(f"| {photos} | {recipe} | {model} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
+                    print(
+                        f"| {photos} | {recipe} | {model} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |"
+                    )
     if held_out is not None:
         print(f"\non {len(held_out.paths)} other photos ({args.held_out}): accuracy per split (seeds {args.seeds})")
         for recipe in args.recipes:
             for model in args.models:
                 rows = [r for r in runs if r["recipe"] == recipe and r["model"] == model]
-                for key, label in (("held_out_accuracy", model), ("held_out_accuracy_at_train_size", f"{model}, at {rows[0]['image_size']} px")):
+                for key, label in (
+                    ("held_out_accuracy", model),
+                    ("held_out_accuracy_at_train_size", f"{model}, at {rows[0]['image_size']} px"),
+                ):
                     if all(key in r for r in rows):
                         figures = [r[key] for r in rows]
-                        print(f"| {recipe} | {label} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |")
+                        print(
+                            f"| {recipe} | {label} | {' | '.join(f'{a:.1%}' for a in figures)} | {np.mean(figures):.1%} ± {np.std(figures):.1%} |"
+                        )
 
 
 def cnn_kwargs(config, widths: list[int] | None, scattering: int | None) -> dict | None:
@@ -160,7 +191,11 @@ def cnn_kwargs(config, widths: list[int] | None, scattering: int | None) -> dict
 
 
 def saved_model_metrics(
-    artifact_uri: str, tree: LabelledTree, indices: list[int] | None = None, tta: bool = False, image_size: int | None = None
+    artifact_uri: str,
+    tree: LabelledTree,
+    indices: list[int] | None = None,
+    tta: bool = False,
+    image_size: int | None = None,
 ) -> dict:
     """Classification metrics of the saved model on the photos of `tree` at `indices` (all when None); the
     tree's classes, matched by name, may be a subset of the model's. With `tta` each photo is averaged
@@ -169,7 +204,9 @@ def saved_model_metrics(
     predictor = saved_predictor(artifact_uri, tta=tta, image_size=image_size)
     probabilities, scored, _ = predict_paths(predictor, [tree.paths[i] for i in indices])
     truth = [predictor.class_names.index(tree.class_names[tree.labels[indices[j]]]) for j in scored]
-    return classification_metrics(confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names)), predictor.class_names)
+    return classification_metrics(
+        confusion_matrix(truth, probabilities.argmax(1), len(predictor.class_names)), predictor.class_names
+    )
 
 
 def recall_by_class(metrics: dict) -> dict[str, float]:

@@ -82,7 +82,7 @@ def run_plain_loop(model_uri: str, paths: list[str], batch_size: int) -> Result:
     predictor = Predictor(model_uri, device="cpu")
     first = None
     for start in range(0, len(paths), batch_size):
-        decoded = [decode(p, predictor.image_size) for p in paths[start:start + batch_size]]
+        decoded = [decode(p, predictor.image_size) for p in paths[start : start + batch_size]]
         images = np.stack([image for image, ok in decoded if ok])
         predictor.describe(predictor.predict_probabilities(images))
         if first is None:
@@ -108,17 +108,23 @@ def run_dataloader(model_uri: str, paths: list[str], batch_size: int, num_worker
 
     started = time.perf_counter()
     predictor = Predictor(model_uri, device="cpu")
-    loader = torch.utils.data.DataLoader(PhotoDataset(paths, predictor.image_size), batch_size=batch_size, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        PhotoDataset(paths, predictor.image_size), batch_size=batch_size, num_workers=num_workers
+    )
     first = None
     for images, ok in loader:
         predictor.describe(predictor.predict_probabilities(images[ok]))
         if first is None:
             first = (time.perf_counter() - started, len(ok))
     whole = time.perf_counter() - started
-    return Result(f"DataLoader, {num_workers} workers", len(paths), whole, first[0], (len(paths) - first[1]) / (whole - first[0]))
+    return Result(
+        f"DataLoader, {num_workers} workers", len(paths), whole, first[0], (len(paths) - first[1]) / (whole - first[0])
+    )
 
 
-def run_ray_job(model_uri: str, images_dir: str, batch_size: int, decode_cpus: float, actor_cpus: float, concurrency: int) -> tuple[Result, dict]:
+def run_ray_job(
+    model_uri: str, images_dir: str, batch_size: int, decode_cpus: float, actor_cpus: float, concurrency: int
+) -> tuple[Result, dict]:
     from animals10.batch.job import BatchConfig, classify_images
 
     with tempfile.TemporaryDirectory() as output:
@@ -135,7 +141,9 @@ def run_ray_job(model_uri: str, images_dir: str, batch_size: int, decode_cpus: f
         summary = classify_images(config)
     name = f"Ray Data job (decode {decode_cpus:g} CPU/task, {concurrency} replica(s) x {actor_cpus:g} CPU, batch {batch_size})"
     # The job measures its own steady state: from the first batch of predictions to the last part written.
-    return Result(name, summary.files_seen, summary.wall_time_s, summary.time_to_first_result_s, summary.steady_images_per_second), summary.to_dict()
+    return Result(
+        name, summary.files_seen, summary.wall_time_s, summary.time_to_first_result_s, summary.steady_images_per_second
+    ), summary.to_dict()
 
 
 def describe_machine() -> str:
@@ -173,7 +181,12 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=128)
     # Tuned on the 2-core machine of BENCHMARKS.md (see --tune): two one-thread replicas, light decoders.
     parser.add_argument("--decode-cpus", type=float, default=0.25, help="CPUs per Ray decoding task")
-    parser.add_argument("--replica-cpus", type=float, default=0.875, help="CPUs per Ray model replica (floor = its torch threads, at least 1)")
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=0.875,
+        help="CPUs per Ray model replica (floor = its torch threads, at least 1)",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="Ray model replicas")
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="logical CPUs of the local Ray")
     parser.add_argument("--passes", type=int, default=3, help="the long job classifies the photos this many times over")
@@ -191,7 +204,9 @@ def main() -> int:
     if not paths:
         print(f"No photos under {args.images}.", file=sys.stderr)
         return 1
-    print(f"{len(paths)} photos under {args.images}; batch size {args.batch_size}; {args.image_size} px; long job {args.passes} passes")
+    print(
+        f"{len(paths)} photos under {args.images}; batch size {args.batch_size}; {args.image_size} px; long job {args.passes} passes"
+    )
     print(describe_machine())
     print(f"Load average at the start (1, 5, 15 min): {os.getloadavg()}")
     summaries = []
@@ -206,7 +221,13 @@ def main() -> int:
         # Ray starts its workers at niceness 15; the baselines run at 0. Same priority for all, so
         # that on a shared machine other work does not take the CPU from one contender only.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=args.ray_cpus,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         chosen = (args.batch_size, args.decode_cpus, args.replica_cpus, args.concurrency)
 
@@ -259,7 +280,9 @@ def main() -> int:
     print()
     print(f"One pass ({len(paths)} photos):")
     print()
-    print("| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline | first batch after |")
+    print(
+        "| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline | first batch after |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in short:
         print(
@@ -270,7 +293,9 @@ def main() -> int:
     print(f"Long job ({len(long_paths)} photos, {args.passes} passes) and the steady state it implies:")
     print()
     best["long_steady"] = max(long[r.name].steady_ips for r in short[:2])
-    print("| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline | steady state (extra photos / extra time), images/s | vs best baseline |")
+    print(
+        "| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline | steady state (extra photos / extra time), images/s | vs best baseline |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in long.items():
         print(
@@ -286,7 +311,9 @@ def main() -> int:
                     "machine": describe_machine(),
                     "photos": len(paths),
                     "one_pass": [{**r.__dict__, "whole_ips": r.whole_ips} for r in short],
-                    "long_job": [{**r.__dict__, "whole_ips": r.whole_ips, "marginal_ips": marginal(r)} for r in long.values()],
+                    "long_job": [
+                        {**r.__dict__, "whole_ips": r.whole_ips, "marginal_ips": marginal(r)} for r in long.values()
+                    ],
                     "ray_summaries": summaries,
                 },
                 indent=2,

@@ -56,8 +56,17 @@ def child(args: argparse.Namespace) -> None:
 
     def finish(kill: bool) -> None:
         rates = parts[1 : args.window_parts + 1]
-        steady = sum(r for _, r in rates) / (rates[-1][0] - parts[0][0]) if len(rates) >= 1 and rates[-1][0] > parts[0][0] else None
-        result = {"first_part_s": parts[0][0] if parts else None, "steady_ips": steady, "peak_mib": peak_memory_mib(), "parts": len(parts)}
+        steady = (
+            sum(r for _, r in rates) / (rates[-1][0] - parts[0][0])
+            if len(rates) >= 1 and rates[-1][0] > parts[0][0]
+            else None
+        )
+        result = {
+            "first_part_s": parts[0][0] if parts else None,
+            "steady_ips": steady,
+            "peak_mib": peak_memory_mib(),
+            "parts": len(parts),
+        }
         result_file.write_text(json.dumps(result))
         if kill:
             os.kill(os.getpid(), signal.SIGKILL)  # as a lost driver: no clean-up of any kind
@@ -78,7 +87,13 @@ def child(args: argparse.Namespace) -> None:
                 finish(kill=True)
 
         config = BatchConfig(
-            args.model, args.input, args.output, batch_size=64, rows_per_file=1000, resume=args.child == "ours-resume", progress=False
+            args.model,
+            args.input,
+            args.output,
+            batch_size=64,
+            rows_per_file=1000,
+            resume=args.child == "ours-resume",
+            progress=False,
         )
         classify_images(config, on_part_written=on_part)
         finish(kill=False)
@@ -120,7 +135,12 @@ def child(args: argparse.Namespace) -> None:
 
         filesystem = arrow_filesystem(args.input)[0]
     ds = ray.data.read_images(args.input, size=(64, 64), mode="RGB", include_paths=True, filesystem=filesystem)
-    ds = ds.map_batches(Classify, batch_size=64, fn_constructor_kwargs={"model_uri": args.model}, compute=ray.data.ActorPoolStrategy(size=1))
+    ds = ds.map_batches(
+        Classify,
+        batch_size=64,
+        fn_constructor_kwargs={"model_uri": args.model},
+        compute=ray.data.ActorPoolStrategy(size=1),
+    )
     ds.write_parquet(args.output, min_rows_per_file=1000)
     stop.set()
     finish(kill=False)
@@ -139,7 +159,9 @@ def build_tree(root: Path, photos: list[Path], count: int) -> str:
     return str(root)
 
 
-def measure(mode: str, input_uri: str, output: str, model: str, env: dict, window: int, stop_after_rows: int = 0) -> dict:
+def measure(
+    mode: str, input_uri: str, output: str, model: str, env: dict, window: int, stop_after_rows: int = 0
+) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result = f.name
     argv = [sys.executable, __file__, "--child", mode, "--input", input_uri, "--output", output, "--model", model, "--result", result,
@@ -175,9 +197,15 @@ def main() -> int:
     parser.add_argument("--images", default=str(DEFAULT_IMAGES))
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--s3-keys", type=int, default=50_000, help="keys on the loopback S3 server (0: none)")
-    parser.add_argument("--window-parts", type=int, default=8, help="parts after the first that the steady rate is measured over")
-    parser.add_argument("--max-half-way", type=int, default=50_000, help="the resume run is killed after at most this many photos")
-    parser.add_argument("--anchor-limit", type=int, default=100_000, help="inputs larger than this skip Ray's read_images")
+    parser.add_argument(
+        "--window-parts", type=int, default=8, help="parts after the first that the steady rate is measured over"
+    )
+    parser.add_argument(
+        "--max-half-way", type=int, default=50_000, help="the resume run is killed after at most this many photos"
+    )
+    parser.add_argument(
+        "--anchor-limit", type=int, default=100_000, help="inputs larger than this skip Ray's read_images"
+    )
     parser.add_argument("--json", help="write the figures here as JSON")
     # A measurement (internal)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -191,7 +219,9 @@ def main() -> int:
 
     import ray
 
-    photos = sorted((p.resolve() for p in Path(args.images).rglob("*.jpg") if p.stat().st_size < 40_000), key=lambda p: p.name)[:300]
+    photos = sorted(
+        (p.resolve() for p in Path(args.images).rglob("*.jpg") if p.stat().st_size < 40_000), key=lambda p: p.name
+    )[:300]
     if not photos:
         print(f"No photos under {args.images}.", file=sys.stderr)
         return 1
@@ -209,13 +239,22 @@ def main() -> int:
 
             logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
             port = free_port()
-            os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+            os.environ.update(
+                AWS_ACCESS_KEY_ID="bench",
+                AWS_SECRET_ACCESS_KEY="bench",
+                AWS_DEFAULT_REGION="us-east-1",
+                AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            )
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             server.start()
             storage._client.cache_clear()
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
         inputs = []
         for size in args.sizes:
             built = time.perf_counter()
@@ -227,7 +266,11 @@ def main() -> int:
             print(name, flush=True)
 
             def out(label: str, input_uri=input_uri, size=size) -> str:
-                return f"s3://bench/out-{label}/" if input_uri.startswith("s3://") else str(Path(tmp) / f"out-{size}-{label}")
+                return (
+                    f"s3://bench/out-{label}/"
+                    if input_uri.startswith("s3://")
+                    else str(Path(tmp) / f"out-{size}-{label}")
+                )
 
             run = {"input": name, "size": size}
             run["ours"] = measure("ours", input_uri, out("ours"), model, env, args.window_parts)
@@ -253,7 +296,9 @@ def print_table(results: dict) -> None:
     runs = results["runs"]
     base = runs[0]["ours"]
     print()
-    print("| input | method | first part | vs smallest | driver peak | vs smallest | steady img/s | vs smallest | resume: first new part |")
+    print(
+        "| input | method | first part | vs smallest | driver peak | vs smallest | steady img/s | vs smallest | resume: first new part |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in runs:
         for key, label in (("ours", "animals10"), ("ray_read_images", "Ray read_images")):
@@ -262,7 +307,11 @@ def print_table(results: dict) -> None:
             if f.get("first_part_s") is None:
                 print(f"| {run['input']} | {label} | no part | | | | | | |")
                 continue
-            resume = f"{run['resume']['first_part_s']:.1f} s (after {run['killed_after']:,})" if key == "ours" and run["resume"].get("first_part_s") else "—"
+            resume = (
+                f"{run['resume']['first_part_s']:.1f} s (after {run['killed_after']:,})"
+                if key == "ours" and run["resume"].get("first_part_s")
+                else "—"
+            )
             print(
                 f"| {run['input']} | {label} | {f['first_part_s']:.1f} s | {f['first_part_s'] - r['first_part_s']:+.1f} s | "
                 f"{f['peak_mib']:.0f} MiB | {f['peak_mib'] - r['peak_mib']:+.0f} MiB | {f['steady_ips'] or 0:.0f} | "
@@ -280,7 +329,11 @@ def build_artifact(root: Path) -> str:
 
     torch.manual_seed(0)
     uri = str(root / "custom_cnn")
-    save_artifact(create_model("custom_cnn", 10), ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64)), uri)
+    save_artifact(
+        create_model("custom_cnn", 10),
+        ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64)),
+        uri,
+    )
     return uri
 
 
@@ -295,7 +348,14 @@ def free_port() -> int:
 def describe_machine() -> str:
     import ray
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return f"{os.cpu_count()} CPU cores ({cpu}), no GPU; Python {platform.python_version()}, Ray {ray.__version__}"
 
 

@@ -72,7 +72,10 @@ def dataloader_baseline(model_uri: str, paths: list[str], batch_size: int, worke
     started = time.perf_counter()
     predictor = Predictor(model_uri)
     loader = torch.utils.data.DataLoader(
-        PhotoDataset(paths, predictor.image_size), batch_size=batch_size, num_workers=workers, pin_memory=predictor.device.type == "cuda"
+        PhotoDataset(paths, predictor.image_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=predictor.device.type == "cuda",
     )
     labels, first, done = {}, None, 0
     for images, ok in loader:
@@ -84,7 +87,9 @@ def dataloader_baseline(model_uri: str, paths: list[str], batch_size: int, worke
             first = (time.perf_counter() - started, done)
     whole = time.perf_counter() - started
     figures = {
-        "name": f"PyTorch DataLoader, {workers} workers, GPU model" if predictor.device.type == "cuda" else f"PyTorch DataLoader, {workers} workers",
+        "name": f"PyTorch DataLoader, {workers} workers, GPU model"
+        if predictor.device.type == "cuda"
+        else f"PyTorch DataLoader, {workers} workers",
         "images": len(paths),
         "whole_s": whole,
         "whole_ips": len(paths) / whole,
@@ -93,7 +98,11 @@ def dataloader_baseline(model_uri: str, paths: list[str], batch_size: int, worke
     return figures, labels
 
 
-DECODING = {"cpu": "decoding on the CPUs", "gpu": "nvJPEG decoding on the GPU", "mixed": "half the JPEGs decoded on the GPU"}
+DECODING = {
+    "cpu": "decoding on the CPUs",
+    "gpu": "nvJPEG decoding on the GPU",
+    "mixed": "half the JPEGs decoded on the GPU",
+}
 
 
 def ray_job(model_uri: str, images_dir: str, output: str, batch_size: int, decode: str) -> tuple[dict, dict[str, str]]:
@@ -129,7 +138,9 @@ def main() -> int:
     parser.add_argument("--passes", type=int, default=60, help="copies of the photo tree in the job")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="DataLoader worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="DataLoader worker processes"
+    )
     parser.add_argument("--json", help="write the figures here as JSON")
     args = parser.parse_args()
 
@@ -143,7 +154,9 @@ def main() -> int:
         model_uri = build_artifact(Path(tmp), args.image_size)
         long_dir = repeat_tree(args.images, args.passes, Path(tmp) / "long")
         paths = storage.list_files(long_dir, storage.IMAGE_EXTENSIONS)
-        print(f"{len(paths)} photos ({args.passes} passes over {args.images}); batch {args.batch_size}; {args.image_size} px; {device}")
+        print(
+            f"{len(paths)} photos ({args.passes} passes over {args.images}); batch {args.batch_size}; {args.image_size} px; {device}"
+        )
         for path in paths[: len(paths) // args.passes]:
             storage.read_bytes(path)  # page cache warm for every contender
         ceiling = model_alone(model_uri, paths, args.batch_size)
@@ -163,7 +176,9 @@ def main() -> int:
     machine = describe_machine(device)
     print(f"\n{machine}; {len(paths)} photos, mobilenet_v2 at {args.image_size} px, batch {args.batch_size}")
     print(f"Model alone (decoded batch fed again and again): {ceiling:.0f} images/s\n")
-    print("| method | whole job, images/s | vs baseline | steady state, images/s | vs baseline | same label as baseline |")
+    print(
+        "| method | whole job, images/s | vs baseline | steady state, images/s | vs baseline | same label as baseline |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in runs:
         steady = r["steady_ips"] or 0.0
@@ -173,7 +188,9 @@ def main() -> int:
             f"{steady / baseline['steady_ips']:.2f}x | {same} |"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "photos": len(paths), "model_alone_ips": ceiling, "runs": runs}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"machine": machine, "photos": len(paths), "model_alone_ips": ceiling, "runs": runs}, indent=2)
+        )
     return 0
 
 

@@ -44,12 +44,14 @@ def features(paths: list[str], image_size: int, batch_size: int = 32) -> torch.T
     preprocessing = Preprocessing(image_size=image_size, mean=spec.mean, std=spec.std)
     out = []
     for start in range(0, len(paths), batch_size):
-        photos = np.stack([load_photo(p, image_size)[0] for p in paths[start:start + batch_size]])
+        photos = np.stack([load_photo(p, image_size)[0] for p in paths[start : start + batch_size]])
         out.append(model.backbone(to_model_input(torch.from_numpy(photos), preprocessing)))
     return torch.cat(out)
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, prior: torch.nn.Linear | None = None) -> torch.nn.Linear:
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, prior: torch.nn.Linear | None = None
+) -> torch.nn.Linear:
     """Multinomial logistic regression with an L2 penalty on the weights: towards zero, or, given a
     `prior` classifier, starting from it and penalised towards it."""
     linear = torch.nn.Linear(x.shape[1], num_classes)
@@ -96,8 +98,14 @@ def main() -> None:
     parser.add_argument("--image-sizes", nargs="+", type=int, default=[128, 224])
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--list-errors", action="store_true", help="list the photos the strongest probe gets wrong")
-    parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score every probe on")
-    parser.add_argument("--imagenet-prior", action="store_true", help="start each probe from the ImageNet classifier's rows of each class, penalised towards them")
+    parser.add_argument(
+        "--held-out", help="a labelled tree of other photos (a subset of the classes) to score every probe on"
+    )
+    parser.add_argument(
+        "--imagenet-prior",
+        action="store_true",
+        help="start each probe from the ImageNet classifier's rows of each class, penalised towards them",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -138,20 +146,28 @@ def main() -> None:
                 if held_out is not None:
                     held_out_accuracies.append(accuracy(linear, held_x, held_labels))
             cells = " | ".join(f"{a:.1%}" for a in accuracies)
-            print(f"| {size} px | {l2:g} | {cells} | {np.mean(accuracies):.1%} ± {np.std(accuracies):.1%} |", flush=True)
+            print(
+                f"| {size} px | {l2:g} | {cells} | {np.mean(accuracies):.1%} ± {np.std(accuracies):.1%} |", flush=True
+            )
             if held_out is not None:
                 cells = " | ".join(f"{a:.1%}" for a in held_out_accuracies)
-                held_out_rows.append(f"| {size} px | {l2:g} | {cells} | {np.mean(held_out_accuracies):.1%} ± {np.std(held_out_accuracies):.1%} |")
+                held_out_rows.append(
+                    f"| {size} px | {l2:g} | {cells} | {np.mean(held_out_accuracies):.1%} ± {np.std(held_out_accuracies):.1%} |"
+                )
             strongest = max(strongest, (float(np.mean(accuracies)), errors), key=lambda pair: pair[0])
     if held_out is not None:
-        print(f"\nthe same probes on {len(held_out.paths)} other photos ({args.held_out}: {', '.join(held_out.class_names)})")
+        print(
+            f"\nthe same probes on {len(held_out.paths)} other photos ({args.held_out}: {', '.join(held_out.class_names)})"
+        )
         print("| input | L2 | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean ± sd |")
         print("| --- | ---: | " + " | ".join("---:" for _ in args.seeds) + " | --- |")
         print("\n".join(held_out_rows))
     if args.list_errors:
         print("\nphotos the strongest probe gets wrong (label: chosen on each split where it is validated and wrong)")
         for index, chosen in sorted(strongest[1].items(), key=lambda item: tree.paths[item[0]]):
-            print(f"  {os.path.relpath(tree.paths[index], args.data)} ({tree.class_names[tree.labels[index]]}): {', '.join(chosen)}")
+            print(
+                f"  {os.path.relpath(tree.paths[index], args.data)} ({tree.class_names[tree.labels[index]]}): {', '.join(chosen)}"
+            )
 
 
 if __name__ == "__main__":

@@ -124,7 +124,9 @@ def with_network_changes(model: torch.nn.Module, args) -> torch.nn.Module:
             model.features[index] = torch.nn.GroupNorm(min(args.group_norm, module.num_features), module.num_features)
     stem = model.features[0]
     if isinstance(stem, torch.nn.Conv2d) and args.stem_kernel != stem.kernel_size[0]:
-        model.features[0] = torch.nn.Conv2d(stem.in_channels, stem.out_channels, args.stem_kernel, padding=args.stem_kernel // 2, bias=False)
+        model.features[0] = torch.nn.Conv2d(
+            stem.in_channels, stem.out_channels, args.stem_kernel, padding=args.stem_kernel // 2, bias=False
+        )
     if args.concat_pool:
         model.pool = ConcatPool()
         first = model.classifier[1]
@@ -141,7 +143,9 @@ def with_network_changes(model: torch.nn.Module, args) -> torch.nn.Module:
 
 def rotated(x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each photo four times, turned by 0, 90, 180 and 270 degrees, labelled with (class, turn) pairs: class * 4 + turn."""
-    return torch.cat([torch.rot90(x, turn, (2, 3)) for turn in range(4)]), torch.cat([targets * 4 + turn for turn in range(4)])
+    return torch.cat([torch.rot90(x, turn, (2, 3)) for turn in range(4)]), torch.cat(
+        [targets * 4 + turn for turn in range(4)]
+    )
 
 
 class RotationLabels(torch.nn.Module):
@@ -156,7 +160,9 @@ class RotationLabels(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.network(x)
-        views = [self.network(torch.rot90(x, turn, (2, 3))).unflatten(1, (-1, 4))[:, :, turn] for turn in range(self.turns)]
+        views = [
+            self.network(torch.rot90(x, turn, (2, 3))).unflatten(1, (-1, 4))[:, :, turn] for turn in range(self.turns)
+        ]
         return torch.stack(views).mean(0)
 
 
@@ -180,7 +186,13 @@ def embeddings(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def score_with_prototypes(model: torch.nn.Module, train_x: torch.Tensor, train_labels: torch.Tensor, val_x: torch.Tensor, val_labels: torch.Tensor) -> str:
+def score_with_prototypes(
+    model: torch.nn.Module,
+    train_x: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_x: torch.Tensor,
+    val_labels: torch.Tensor,
+) -> str:
     """Accuracy of the same trained network read four other ways: the nearest class mean of the training
     photos' normalised features (cosine), and the 5 nearest training photos' majority, on the pooled features
     and on the hidden layer's."""
@@ -194,7 +206,9 @@ def score_with_prototypes(model: torch.nn.Module, train_x: torch.Tensor, train_l
         nearest_mean = (query @ means.T).argmax(1)
         neighbours = train_labels[(query @ known.T).topk(5, dim=1).indices]
         votes = F.one_hot(neighbours, num_classes).sum(1)
-        scores.append(f"{name}: class means {(nearest_mean == val_labels).float().mean():.1%}, 5 neighbours {(votes.argmax(1) == val_labels).float().mean():.1%}")
+        scores.append(
+            f"{name}: class means {(nearest_mean == val_labels).float().mean():.1%}, 5 neighbours {(votes.argmax(1) == val_labels).float().mean():.1%}"
+        )
     return "; ".join(scores)
 
 
@@ -209,7 +223,9 @@ class PretrainedTeacher(torch.nn.Module):
         spec = get_model_spec("efficientnet_lite0")
         self.preprocessing = Preprocessing(size, spec.mean, spec.std)
         with torch.no_grad():
-            x = torch.cat([self.backbone(to_model_input(chunk, self.preprocessing)) for chunk in train_photos.split(64)])
+            x = torch.cat(
+                [self.backbone(to_model_input(chunk, self.preprocessing)) for chunk in train_photos.split(64)]
+            )
         self.mean, self.std = x.mean(0), x.std(0) + 1e-6
         prior = imagenet_prior(class_names, self.mean, self.std)
         self.head = fit_logistic((x - self.mean) / self.std, train_labels, len(class_names), 1e-4, prior)
@@ -221,8 +237,16 @@ class PretrainedTeacher(torch.nn.Module):
 
 
 def train_and_validate(
-    photos: np.ndarray, train_source: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None,
-    teacher: torch.nn.Module | None = None, class_names: list[str] | None = None,
+    photos: np.ndarray,
+    train_source: np.ndarray,
+    labels: np.ndarray,
+    train_idx,
+    val_idx,
+    args,
+    seed: int,
+    test_photos: dict | None = None,
+    teacher: torch.nn.Module | None = None,
+    class_names: list[str] | None = None,
 ) -> tuple[list[float], torch.nn.Module]:
     """Trains one model on `train_idx` of `train_source` (the photos, or the same decoded larger); returns the
     validation accuracy on `photos` after each epoch, and the model. `test_photos` (size -> the photos decoded at
@@ -231,7 +255,15 @@ def train_and_validate(
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     outputs = num_classes * 4 if args.rotation_labels else num_classes
-    model = create_model("custom_cnn", outputs, residual=args.residual, dropout=args.dropout, widths=tuple(args.widths), hidden=args.hidden, scattering=args.scattering)
+    model = create_model(
+        "custom_cnn",
+        outputs,
+        residual=args.residual,
+        dropout=args.dropout,
+        widths=tuple(args.widths),
+        hidden=args.hidden,
+        scattering=args.scattering,
+    )
     if args.blurpool:
         model = make_blurpool(model)
     model = with_network_changes(model, args)
@@ -242,7 +274,11 @@ def train_and_validate(
     total, warmup = steps_per_epoch * args.epochs, steps_per_epoch  # one warm-up epoch, then cosine decay
 
     def factor(step: int) -> float:
-        return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+        return (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+        )
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     jitter = (1 - args.jitter, 1 + args.jitter)
@@ -256,16 +292,28 @@ def train_and_validate(
     val_labels = torch.from_numpy(labels[val_idx])
     if args.teacher_size:  # a pretrained teacher, fitted on this split's training photos
         teacher = PretrainedTeacher(train_photos, train_labels, class_names, args.teacher_size)
-        print(f"  pretrained teacher at {args.teacher_size} px: {accuracy(teacher, to_model_input(torch.from_numpy(photos[val_idx]), Preprocessing(args.size)), val_labels):.1%} on validation (from {args.size} px)", flush=True)
-    val_inputs = {size: to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size)) for size, decoded in (test_photos or {}).items()}
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+        print(
+            f"  pretrained teacher at {args.teacher_size} px: {accuracy(teacher, to_model_input(torch.from_numpy(photos[val_idx]), Preprocessing(args.size)), val_labels):.1%} on validation (from {args.size} px)",
+            flush=True,
+        )
+    val_inputs = {
+        size: to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size))
+        for size, decoded in (test_photos or {}).items()
+    }
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True
+        )
+        if args.ema
+        else None
+    )
     averages = {start: torch.optim.swa_utils.AveragedModel(model) for start in args.average_from}
     accuracies, ema_accuracies = [], []
     for epoch in range(1, args.epochs + 1):
         model.train()
         order = torch.randperm(len(train_idx))
         for start in range(0, len(order), args.batch):
-            batch = order[start:start + args.batch]
+            batch = order[start : start + args.batch]
             batch = batch.repeat(args.copies)  # batch augmentation: each photo in several augmented copies
             batch_preprocessing = preprocessing
             if args.train_sizes:  # multi-scale training: each batch at an input size drawn from the list
@@ -288,7 +336,9 @@ def train_and_validate(
                 share = args.teacher_share if args.teacher_size else args.distill
                 with torch.no_grad():
                     soft_targets = (teacher(views if args.teacher_size else x) / args.distill_temperature).softmax(1)
-                distillation = F.kl_div((logits / args.distill_temperature).log_softmax(1), soft_targets, reduction="batchmean")
+                distillation = F.kl_div(
+                    (logits / args.distill_temperature).log_softmax(1), soft_targets, reduction="batchmean"
+                )
                 loss = (1 - share) * loss + share * args.distill_temperature**2 * distillation
             loss.backward()
             if args.sam:
@@ -309,34 +359,68 @@ def train_and_validate(
     for size in args.test_sizes:
         print(f"  tested at {size} px: {accuracy(model, val_inputs[size], val_labels):.1%}", flush=True)
         if args.rotation_labels:
-            print(f"  tested at {size} px, upright only: {accuracy(RotationLabels(model.network, turns=1).eval(), val_inputs[size], val_labels):.1%}", flush=True)
+            print(
+                f"  tested at {size} px, upright only: {accuracy(RotationLabels(model.network, turns=1).eval(), val_inputs[size], val_labels):.1%}",
+                flush=True,
+            )
         if args.recalibrate_bn:
-            recalibrated = with_recalibrated_batchnorm(model, to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size)))
-            print(f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated, val_inputs[size], val_labels):.1%}", flush=True)
+            recalibrated = with_recalibrated_batchnorm(
+                model, to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size))
+            )
+            print(
+                f"  tested at {size} px, BatchNorm recalibrated: {accuracy(recalibrated, val_inputs[size], val_labels):.1%}",
+                flush=True,
+            )
     if args.tta_sizes:
         print(f"  {score_with_tta(model, val_inputs, args.tta_sizes, val_labels)}", flush=True)
     if args.prototypes:
         for size in args.test_sizes:
             train_inputs = to_model_input(torch.from_numpy(test_photos[size][train_idx]), Preprocessing(size))
-            print(f"  tested at {size} px, {score_with_prototypes(model, train_inputs, train_labels, val_inputs[size], val_labels)}", flush=True)
+            print(
+                f"  tested at {size} px, {score_with_prototypes(model, train_inputs, train_labels, val_inputs[size], val_labels)}",
+                flush=True,
+            )
     for start, average in averages.items():
         # BatchNorm statistics for the averaged weights: one pass over augmented training batches
-        batches = [to_model_input(train_photos[order[i:i + args.batch]], preprocessing, augmentation) for i in range(0, len(order), args.batch)]
+        batches = [
+            to_model_input(train_photos[order[i : i + args.batch]], preprocessing, augmentation)
+            for i in range(0, len(order), args.batch)
+        ]
         torch.optim.swa_utils.update_bn(batches, average)
         average.eval()
         scores = [f"{size} px {accuracy(average, val_inputs[size], val_labels):.1%}" for size in args.test_sizes]
         print(f"  weights averaged from epoch {start}: " + ", ".join(scores), flush=True)
         if args.tta_sizes:
-            print(f"  weights averaged from epoch {start}, {score_with_tta(average, val_inputs, args.tta_sizes, val_labels)}", flush=True)
+            print(
+                f"  weights averaged from epoch {start}, {score_with_tta(average, val_inputs, args.tta_sizes, val_labels)}",
+                flush=True,
+            )
     if ema is not None:
         print(f"  EMA weights: last epoch {ema_accuracies[-1]:.1%}, best epoch {max(ema_accuracies):.1%}", flush=True)
     for size in args.fixres:
-        tuned = fine_tune_at(copy.deepcopy(model), size, train_photos, train_labels, replace(augmentation, crop_scale=(args.fixres_crop, 1.0)), args)
-        print(f"  fine-tuned {args.fixres_epochs} epochs at {size} px, crops from {args.fixres_crop:.0%}: {accuracy(tuned, val_inputs[size], val_labels):.1%}", flush=True)
+        tuned = fine_tune_at(
+            copy.deepcopy(model),
+            size,
+            train_photos,
+            train_labels,
+            replace(augmentation, crop_scale=(args.fixres_crop, 1.0)),
+            args,
+        )
+        print(
+            f"  fine-tuned {args.fixres_epochs} epochs at {size} px, crops from {args.fixres_crop:.0%}: {accuracy(tuned, val_inputs[size], val_labels):.1%}",
+            flush=True,
+        )
     return accuracies, model
 
 
-def fine_tune_at(model: torch.nn.Module, size: int, train_photos: torch.Tensor, train_labels: torch.Tensor, augmentation: Augmentation, args) -> torch.nn.Module:
+def fine_tune_at(
+    model: torch.nn.Module,
+    size: int,
+    train_photos: torch.Tensor,
+    train_labels: torch.Tensor,
+    augmentation: Augmentation,
+    args,
+) -> torch.nn.Module:
     """A trained model fine-tuned at its test size with milder crops, the rate decaying from `args.fixres_lr`
     to zero (FixRes, Touvron et al. 2019: train and test then see animals at the same scale)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.fixres_lr, weight_decay=args.weight_decay)
@@ -347,9 +431,11 @@ def fine_tune_at(model: torch.nn.Module, size: int, train_photos: torch.Tensor, 
     for _ in range(args.fixres_epochs):
         order = torch.randperm(len(train_labels))
         for start in range(0, len(order), args.batch):
-            batch = order[start:start + args.batch]
+            batch = order[start : start + args.batch]
             optimizer.zero_grad(set_to_none=True)
-            loss_of(model(to_model_input(train_photos[batch], preprocessing, augmentation)), train_labels[batch], args).backward()
+            loss_of(
+                model(to_model_input(train_photos[batch], preprocessing, augmentation)), train_labels[batch], args
+            ).backward()
             optimizer.step()
             scheduler.step()
     return model.eval()
@@ -360,7 +446,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=120)
-    parser.add_argument("--augment-size", type=int, help="decode training photos at this size; augmented, then resized to --size")
+    parser.add_argument(
+        "--augment-size", type=int, help="decode training photos at this size; augmented, then resized to --size"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -368,54 +456,147 @@ def main() -> None:
     parser.add_argument("--residual", action="store_true")
     parser.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256])
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--loss", choices=["ce", "cosine"], default="ce", help="cross-entropy, or the cosine loss (Barz & Denzler 2020)")
+    parser.add_argument(
+        "--loss", choices=["ce", "cosine"], default="ce", help="cross-entropy, or the cosine loss (Barz & Denzler 2020)"
+    )
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--crop", type=float, default=0.35, help="smallest share of the area a random crop keeps")
     parser.add_argument("--jitter", type=float, default=0.3, help="brightness, contrast and saturation 1 ± this")
     parser.add_argument("--trivial-augment", action="store_true")
     parser.add_argument("--mixup", type=float, default=0.0)
     parser.add_argument("--cutmix", type=float, default=0.0)
-    parser.add_argument("--ema", type=float, default=0.0, help="also validate an exponential moving average of the weights with this decay per step")
-    parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="also validate an exponential moving average of the weights with this decay per step",
+    )
+    parser.add_argument(
+        "--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes"
+    )
     parser.add_argument("--sam", type=float, default=0.0, help="sharpness-aware minimisation with this radius (0: off)")
-    parser.add_argument("--recalibrate-bn", action="store_true", help="also score with BatchNorm statistics recomputed on the training photos at each test size")
-    parser.add_argument("--erase", type=float, default=0.0, help="random erasing with this probability per photo (0: off)")
-    parser.add_argument("--blurpool", action="store_true", help="anti-aliased max-pooling (max, then blur and subsample)")
-    parser.add_argument("--average-from", nargs="+", type=int, default=[], help="also score the average of the weights at the end of each epoch from this one on")
-    parser.add_argument("--tta-sizes", nargs="+", type=int, default=[], help="also score with probabilities averaged over these input sizes")
-    parser.add_argument("--distill", type=float, default=0.0, help="then train a student on this share of distillation loss from the model (born-again; 0: off)")
+    parser.add_argument(
+        "--recalibrate-bn",
+        action="store_true",
+        help="also score with BatchNorm statistics recomputed on the training photos at each test size",
+    )
+    parser.add_argument(
+        "--erase", type=float, default=0.0, help="random erasing with this probability per photo (0: off)"
+    )
+    parser.add_argument(
+        "--blurpool", action="store_true", help="anti-aliased max-pooling (max, then blur and subsample)"
+    )
+    parser.add_argument(
+        "--average-from",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also score the average of the weights at the end of each epoch from this one on",
+    )
+    parser.add_argument(
+        "--tta-sizes",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also score with probabilities averaged over these input sizes",
+    )
+    parser.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="then train a student on this share of distillation loss from the model (born-again; 0: off)",
+    )
     parser.add_argument("--distill-temperature", type=float, default=2.0)
-    parser.add_argument("--fixres", nargs="+", type=int, default=[], help="also score the model fine-tuned at each of these sizes")
+    parser.add_argument(
+        "--fixres", nargs="+", type=int, default=[], help="also score the model fine-tuned at each of these sizes"
+    )
     parser.add_argument("--fixres-epochs", type=int, default=10)
     parser.add_argument("--fixres-lr", type=float, default=1e-4)
-    parser.add_argument("--fixres-crop", type=float, default=0.8, help="smallest share of the area a crop keeps while fine-tuning")
+    parser.add_argument(
+        "--fixres-crop", type=float, default=0.8, help="smallest share of the area a crop keeps while fine-tuning"
+    )
     parser.add_argument("--concat-pool", action="store_true", help="global average and max pooling, concatenated")
-    parser.add_argument("--spatial-dropout", type=float, default=0.0, help="drop whole channels after each block with this probability")
-    parser.add_argument("--group-norm", type=int, default=0, help="GroupNorm with this many groups instead of BatchNorm (0: BatchNorm)")
+    parser.add_argument(
+        "--spatial-dropout", type=float, default=0.0, help="drop whole channels after each block with this probability"
+    )
+    parser.add_argument(
+        "--group-norm", type=int, default=0, help="GroupNorm with this many groups instead of BatchNorm (0: BatchNorm)"
+    )
     parser.add_argument("--stem-kernel", type=int, default=3, help="kernel size of the first convolution")
-    parser.add_argument("--rotation-labels", action="store_true", help="learn (class, quarter turn) pairs on four turned copies of each photo (Lee et al. 2020)")
-    parser.add_argument("--train-share", type=float, default=1.0, help="train on this share of each class's training photos (a learning curve)")
-    parser.add_argument("--train-sizes", nargs="+", type=int, default=[], help="train each batch at an input size drawn from these (multi-scale training)")
-    parser.add_argument("--copies", type=int, default=1, help="each batch holds this many augmented copies of each of its photos (Hoffer et al. 2020)")
-    parser.add_argument("--prototypes", action="store_true", help="also score nearest class means and nearest neighbours of the training photos' features")
-    parser.add_argument("--grayscale", type=float, default=0.0, help="turn each training photo grey with this probability (0: off)")
-    parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes, matched by name) to score each final model on")
-    parser.add_argument("--held-out-size", type=int, default=72, help="the input size the held-out photos are scored at")
-    parser.add_argument("--teacher-size", type=int, default=0, help="distil from pretrained EfficientNet-Lite0 features and a probe, at this size (0: off; ignores --trivial-augment)")
-    parser.add_argument("--teacher-share", type=float, default=0.7, help="the share of the loss that matches the pretrained teacher")
-    parser.add_argument("--scattering", type=int, default=0, help="the first block a fixed scattering transform with this many orientations (0: off)")
+    parser.add_argument(
+        "--rotation-labels",
+        action="store_true",
+        help="learn (class, quarter turn) pairs on four turned copies of each photo (Lee et al. 2020)",
+    )
+    parser.add_argument(
+        "--train-share",
+        type=float,
+        default=1.0,
+        help="train on this share of each class's training photos (a learning curve)",
+    )
+    parser.add_argument(
+        "--train-sizes",
+        nargs="+",
+        type=int,
+        default=[],
+        help="train each batch at an input size drawn from these (multi-scale training)",
+    )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="each batch holds this many augmented copies of each of its photos (Hoffer et al. 2020)",
+    )
+    parser.add_argument(
+        "--prototypes",
+        action="store_true",
+        help="also score nearest class means and nearest neighbours of the training photos' features",
+    )
+    parser.add_argument(
+        "--grayscale", type=float, default=0.0, help="turn each training photo grey with this probability (0: off)"
+    )
+    parser.add_argument(
+        "--held-out",
+        help="a labelled tree of other photos (a subset of the classes, matched by name) to score each final model on",
+    )
+    parser.add_argument(
+        "--held-out-size", type=int, default=72, help="the input size the held-out photos are scored at"
+    )
+    parser.add_argument(
+        "--teacher-size",
+        type=int,
+        default=0,
+        help="distil from pretrained EfficientNet-Lite0 features and a probe, at this size (0: off; ignores --trivial-augment)",
+    )
+    parser.add_argument(
+        "--teacher-share", type=float, default=0.7, help="the share of the loss that matches the pretrained teacher"
+    )
+    parser.add_argument(
+        "--scattering",
+        type=int,
+        default=0,
+        help="the first block a fixed scattering transform with this many orientations (0: off)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     tree = read_labelled_tree(args.data)
     photos = np.stack([load_photo(path, args.size)[0] for path in tree.paths])  # (N, S, S, 3) uint8, decoded once
-    train_source = np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
-    test_photos = {size: np.stack([load_photo(path, size)[0] for path in tree.paths]) for size in {*args.test_sizes, *args.tta_sizes, *args.fixres}}
+    train_source = (
+        np.stack([load_photo(path, args.augment_size)[0] for path in tree.paths]) if args.augment_size else photos
+    )
+    test_photos = {
+        size: np.stack([load_photo(path, size)[0] for path in tree.paths])
+        for size in {*args.test_sizes, *args.tta_sizes, *args.fixres}
+    }
     labels = np.asarray(tree.labels, dtype=np.int64)
     held_out = read_labelled_tree(args.held_out) if args.held_out else None
     if held_out is not None:
-        held_x = to_model_input(torch.from_numpy(np.stack([load_photo(path, args.held_out_size)[0] for path in held_out.paths])), Preprocessing(args.held_out_size))
+        held_x = to_model_input(
+            torch.from_numpy(np.stack([load_photo(path, args.held_out_size)[0] for path in held_out.paths])),
+            Preprocessing(args.held_out_size),
+        )
         held_labels = torch.tensor([tree.class_names.index(held_out.class_names[label]) for label in held_out.labels])
     finals, bests, held_scores = [], [], []
     for seed in args.seeds:
@@ -423,22 +604,41 @@ def main() -> None:
         train_idx, val_idx = split_indices(tree, 0.2, seed)
         if args.train_share < 1:  # the same validation photos, fewer training photos of every class
             rng = np.random.default_rng(seed)
-            by_class = [rng.permutation([i for i in train_idx if labels[i] == label]) for label in range(int(labels.max()) + 1)]
-            train_idx = sorted(int(i) for members in by_class for i in members[: round(len(members) * args.train_share)])
-        accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed, test_photos, class_names=tree.class_names)
+            by_class = [
+                rng.permutation([i for i in train_idx if labels[i] == label]) for label in range(int(labels.max()) + 1)
+            ]
+            train_idx = sorted(
+                int(i) for members in by_class for i in members[: round(len(members) * args.train_share)]
+            )
+        accuracies, model = train_and_validate(
+            photos, train_source, labels, train_idx, val_idx, args, seed, test_photos, class_names=tree.class_names
+        )
         if args.distill:
-            print(f"  teacher: last epoch {accuracies[-1]:.1%}; a student of the same design learns from it", flush=True)
-            accuracies, model = train_and_validate(photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval())
+            print(
+                f"  teacher: last epoch {accuracies[-1]:.1%}; a student of the same design learns from it", flush=True
+            )
+            accuracies, model = train_and_validate(
+                photos, train_source, labels, train_idx, val_idx, args, seed + 1000, test_photos, teacher=model.eval()
+            )
         finals.append(accuracies[-1])
         bests.append(max(accuracies))
         if held_out is not None:
             model.eval()
             with torch.no_grad():
                 predicted = torch.cat([model(chunk).argmax(1) for chunk in held_x.split(256)])
-            recall = {tree.class_names[i]: (predicted[held_labels == i] == i).float().mean().item() for i in sorted(set(held_labels.tolist()))}
+            recall = {
+                tree.class_names[i]: (predicted[held_labels == i] == i).float().mean().item()
+                for i in sorted(set(held_labels.tolist()))
+            }
             held_scores.append((predicted == held_labels).float().mean().item())
-            print(f"  {len(held_labels)} held-out photos at {args.held_out_size} px: {held_scores[-1]:.1%} ({', '.join(f'{k} {v:.1%}' for k, v in recall.items())})", flush=True)
-        print(f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"  {len(held_labels)} held-out photos at {args.held_out_size} px: {held_scores[-1]:.1%} ({', '.join(f'{k} {v:.1%}' for k, v in recall.items())})",
+                flush=True,
+            )
+        print(
+            f"seed {seed}: last epoch {accuracies[-1]:.1%}, best epoch {max(accuracies):.1%}, {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     print(f"{vars(args)}\nlast epoch {np.mean(finals):.1%} ± {np.std(finals):.1%}; best epoch {np.mean(bests):.1%}")
     if held_scores:
         print(f"held-out photos {np.mean(held_scores):.1%} ± {np.std(held_scores):.1%}")

@@ -163,8 +163,18 @@ def run_load(args) -> None:
 
 def measure(url: str, clients: int, args, duration_s: float) -> dict:
     command = [
-        sys.executable, __file__, "--load-url", url, "--clients", str(clients), "--images", str(args.images),
-        "--warmup-s", str(args.warmup_s), "--duration-s", str(duration_s),
+        sys.executable,
+        __file__,
+        "--load-url",
+        url,
+        "--clients",
+        str(clients),
+        "--images",
+        str(args.images),
+        "--warmup-s",
+        str(args.warmup_s),
+        "--duration-s",
+        str(duration_s),
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -192,7 +202,14 @@ def machine() -> dict:
     import ray
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -209,7 +226,9 @@ def main() -> int:
     parser.add_argument("--images", default=str(DEFAULT_IMAGES))
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration-s", type=float, default=30.0, help="measured seconds per level and system")
-    parser.add_argument("--rounds", type=int, default=3, help="slices the measured time is split into, alternating the systems")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="slices the measured time is split into, alternating the systems"
+    )
     parser.add_argument("--warmup-s", type=float, default=2.0, help="seconds of load before each slice is measured")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.0)
@@ -247,9 +266,22 @@ def main() -> int:
     write_artifact(artifact)
     base_port, serve_port = free_port(), free_port()
     baseline = subprocess.Popen(
-        [sys.executable, __file__, "--baseline-server", artifact, "--port", str(base_port), "--baseline-torch-threads", str(args.baseline_torch_threads)]
+        [
+            sys.executable,
+            __file__,
+            "--baseline-server",
+            artifact,
+            "--port",
+            str(base_port),
+            "--baseline-torch-threads",
+            str(args.baseline_torch_threads),
+        ]
     )
-    results = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k not in ("baseline_server", "port", "load_url")}, "levels": []}
+    results = {
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("baseline_server", "port", "load_url")},
+        "levels": [],
+    }
     if args.high_throughput:
         # Read when Ray starts; the local cluster's controller and replicas inherit them.
         os.environ.update(HIGH_THROUGHPUT_ENV)
@@ -290,13 +322,19 @@ def main() -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     print()
-    print(f"{'clients':>7} | {'system':8} | {'req/s':>7} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} | failed | mean batch")
+    print(
+        f"{'clients':>7} | {'system':8} | {'req/s':>7} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} | failed | mean batch"
+    )
     for row in results["levels"]:
         for name in ("baseline", "serve"):
             r = row[name]
             batch = f"{r['mean_batch_size']:.1f}" if r["mean_batch_size"] else "-"
-            print(f"{row['clients']:>7} | {name:8} | {r['requests_per_s']:7.1f} | {r['p50_ms']:7.1f} | {r['p95_ms']:7.1f} | {r['p99_ms']:7.1f} | {r['failed']:6d} | {batch}")
-        ratios = [ratio(row["serve"][key], row["baseline"][key]) for key in ("requests_per_s", "p50_ms", "p95_ms", "p99_ms")]
+            print(
+                f"{row['clients']:>7} | {name:8} | {r['requests_per_s']:7.1f} | {r['p50_ms']:7.1f} | {r['p95_ms']:7.1f} | {r['p99_ms']:7.1f} | {r['failed']:6d} | {batch}"
+            )
+        ratios = [
+            ratio(row["serve"][key], row["baseline"][key]) for key in ("requests_per_s", "p50_ms", "p95_ms", "p99_ms")
+        ]
         print(f"{'':>7} | ratio    | " + " | ".join(f"{r:7.2f}" for r in ratios) + " |")
     print(json.dumps(results["machine"]))
     if args.output:

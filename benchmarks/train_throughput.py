@@ -53,7 +53,12 @@ def plain_loop(data: str, model_name: str, image_size: int, batch_size: int, epo
             for offset in range(0, len(order), batch_size):
                 chosen = order[offset : offset + batch_size]
                 images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), image_size) for i in chosen])
-                yield {"image": images, "label": np.array([tree.labels[i] for i in chosen]), "path": np.array([tree.paths[i] for i in chosen], dtype=object), "error": np.array([""] * len(chosen), dtype=object)}
+                yield {
+                    "image": images,
+                    "label": np.array([tree.labels[i] for i in chosen]),
+                    "path": np.array([tree.paths[i] for i in chosen], dtype=object),
+                    "error": np.array([""] * len(chosen), dtype=object),
+                }
 
         totals = train_one_epoch(model, batches(), optimizer, preprocessing, augmentation, torch.device("cpu"))
         rates.append(totals.num_images / (time.perf_counter() - start))
@@ -61,7 +66,14 @@ def plain_loop(data: str, model_name: str, image_size: int, batch_size: int, epo
 
 
 def ray_train(
-    data: str, model_name: str, image_size: int, batch_size: int, epochs: int, num_workers: int, cpus_per_worker: int, cache_decoded: bool
+    data: str,
+    model_name: str,
+    image_size: int,
+    batch_size: int,
+    epochs: int,
+    num_workers: int,
+    cpus_per_worker: int,
+    cache_decoded: bool,
 ) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as output:
         config = TrainConfig(
@@ -91,11 +103,15 @@ def main() -> None:
     shape = (args.data, args.model, args.image_size, args.batch_size, args.epochs)
     for workers, cpus in ((1, 2), (2, 1)):
         for cache in (False, True):
-            name = f"Ray Train, {workers} worker(s) x {cpus} CPU, " + ("decoded once" if cache else "decoded each epoch")
+            name = f"Ray Train, {workers} worker(s) x {cpus} CPU, " + (
+                "decoded once" if cache else "decoded each epoch"
+            )
             results[name] = ray_train(*shape, workers, cpus, cache)
     baseline = np.mean(plain[1:])
     print(f"\n{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs on {args.data}")
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}"
+    )
     print("| run | steady images/s | all epochs | vs plain loop | whole run, s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, (rates, seconds) in results.items():

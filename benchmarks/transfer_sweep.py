@@ -37,7 +37,9 @@ MODEL = "efficientnet_lite0"
 
 
 @torch.no_grad()
-def converge_head(model: torch.nn.Module, photos: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing, l2: float) -> None:
+def converge_head(
+    model: torch.nn.Module, photos: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing, l2: float
+) -> None:
     """LP-FT (Kumar et al. 2022): sets the head to a converged linear probe on the frozen backbone's
     features of `photos`, started from the model's own head and penalised towards it (linear_probe.py's
     fit, on standardised features, mapped back to the raw features the head sees)."""
@@ -46,13 +48,22 @@ def converge_head(model: torch.nn.Module, photos: torch.Tensor, labels: torch.Te
     mean, std = x.mean(0), x.std(0) + 1e-6
     head = model.head[-1]
     with torch.enable_grad():
-        probe = fit_logistic((x - mean) / std, labels, head.out_features, l2, for_standardised_features(head, mean, std))
+        probe = fit_logistic(
+            (x - mean) / std, labels, head.out_features, l2, for_standardised_features(head, mean, std)
+        )
     head.weight.copy_(probe.weight / std)
     head.bias.copy_(probe.bias - (probe.weight / std) @ mean)
 
 
 def train_and_validate(
-    photos: np.ndarray, labels: np.ndarray, train_idx, val_idx, args, seed: int, test_photos: dict | None = None, held_out: tuple | None = None
+    photos: np.ndarray,
+    labels: np.ndarray,
+    train_idx,
+    val_idx,
+    args,
+    seed: int,
+    test_photos: dict | None = None,
+    held_out: tuple | None = None,
 ) -> list[tuple[float, float]]:
     """Fine-tunes one model on `train_idx`; returns (validation loss, accuracy) after each epoch. `test_photos`
     (size -> the photos decoded at that size): the final model is also scored at those input sizes;
@@ -63,8 +74,13 @@ def train_and_validate(
     model = create_model(MODEL, int(labels.max()) + 1, pretrained=True, drop_path_rate=args.drop_path, **head)
     preprocessing = Preprocessing(args.size, spec.mean, spec.std)
     train_photos, train_labels = torch.from_numpy(photos[train_idx]), torch.from_numpy(labels[train_idx])
-    val_x, val_labels = to_model_input(torch.from_numpy(photos[val_idx]), preprocessing), torch.from_numpy(labels[val_idx])
-    augmentation = replace(STRONG_AUGMENTATION, trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix)
+    val_x, val_labels = (
+        to_model_input(torch.from_numpy(photos[val_idx]), preprocessing),
+        torch.from_numpy(labels[val_idx]),
+    )
+    augmentation = replace(
+        STRONG_AUGMENTATION, trivial_augment=args.trivial_augment, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix
+    )
     num_classes = int(labels.max()) + 1
     history = []
 
@@ -74,14 +90,18 @@ def train_and_validate(
         total, warmup = steps_per_epoch * epochs, steps_per_epoch
 
         def factor(step: int) -> float:
-            return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+            return (
+                (step + 1) / warmup
+                if step < warmup
+                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+            )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         for _ in range(epochs):
             model.train()
             order = torch.randperm(len(train_idx))
             for start in range(0, len(order), args.batch):
-                batch = order[start:start + args.batch]
+                batch = order[start : start + args.batch]
                 x, targets = to_model_input(train_photos[batch], preprocessing, augmentation), train_labels[batch]
                 if augmentation.mixes:
                     x, targets = mix_batch(x, targets, num_classes, augmentation)  # (B, num_classes) soft targets
@@ -93,8 +113,13 @@ def train_and_validate(
             model.eval()
             with torch.no_grad():
                 logits = model(val_x)
-            history.append((float(F.cross_entropy(logits, val_labels)), float((logits.argmax(1) == val_labels).float().mean())))
-            print(f"  epoch {len(history)}: validation loss {history[-1][0]:.3f}, accuracy {history[-1][1]:.1%}", flush=True)
+            history.append(
+                (float(F.cross_entropy(logits, val_labels)), float((logits.argmax(1) == val_labels).float().mean()))
+            )
+            print(
+                f"  epoch {len(history)}: validation loss {history[-1][0]:.3f}, accuracy {history[-1][1]:.1%}",
+                flush=True,
+            )
 
     model.freeze_backbone()
     if args.lp_ft is not None:
@@ -109,14 +134,26 @@ def train_and_validate(
     if args.interpolate:
         # WiSE-FT (Wortsman et al. 2022): the weights halfway between the end of the head phase and the end.
         fine_tuned = model.state_dict()
-        model.load_state_dict({k: (v + fine_tuned[k]) / 2 if v.is_floating_point() else fine_tuned[k] for k, v in head_only.items()})
+        model.load_state_dict(
+            {k: (v + fine_tuned[k]) / 2 if v.is_floating_point() else fine_tuned[k] for k, v in head_only.items()}
+        )
         model.eval()
-        print(f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy(model, val_x, val_labels):.1%}", flush=True)
+        print(
+            f"  halfway between the head phase's weights and the fine-tuned ones: accuracy {accuracy(model, val_x, val_labels):.1%}",
+            flush=True,
+        )
     if held_out is not None:
         other_photos, other_labels = held_out
         with torch.no_grad():
-            predicted = torch.cat([model(to_model_input(torch.from_numpy(chunk), preprocessing)).argmax(1) for chunk in np.array_split(other_photos, 16)])
-        print(f"  held-out photos: {float((predicted == torch.from_numpy(other_labels)).float().mean()):.1%}", flush=True)
+            predicted = torch.cat(
+                [
+                    model(to_model_input(torch.from_numpy(chunk), preprocessing)).argmax(1)
+                    for chunk in np.array_split(other_photos, 16)
+                ]
+            )
+        print(
+            f"  held-out photos: {float((predicted == torch.from_numpy(other_labels)).float().mean()):.1%}", flush=True
+        )
     for size, decoded in (test_photos or {}).items():
         x = to_model_input(torch.from_numpy(decoded[val_idx]), Preprocessing(size, spec.mean, spec.std))
         print(f"  tested at {size} px: {accuracy(model, x, val_labels):.1%}", flush=True)
@@ -134,15 +171,31 @@ def main() -> None:
     parser.add_argument("--ft-lr", type=float, default=1e-4)
     parser.add_argument("--unfreeze", type=float, default=1.0, help="top share of the backbone's stages fine-tuned")
     parser.add_argument("--freeze-batchnorm", action="store_true")
-    parser.add_argument("--interpolate", action="store_true", help="also validate the average of the head-phase and fine-tuned weights")
-    parser.add_argument("--trivial-augment", action="store_true", help="TrivialAugment on top of the recipe's augmentation")
+    parser.add_argument(
+        "--interpolate", action="store_true", help="also validate the average of the head-phase and fine-tuned weights"
+    )
+    parser.add_argument(
+        "--trivial-augment", action="store_true", help="TrivialAugment on top of the recipe's augmentation"
+    )
     parser.add_argument("--mixup", type=float, default=0.0, help="MixUp's Beta alpha (0: off)")
     parser.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (0: off)")
-    parser.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate of the backbone's blocks (0: off)")
-    parser.add_argument("--imagenet-head", action="store_true", help="start the head from ImageNet's classifier rows of each class")
-    parser.add_argument("--lp-ft", type=float, help="before the head phase, set the head to a converged probe penalised towards it with this L2 (LP-FT)")
-    parser.add_argument("--held-out", help="a labelled tree of other photos (a subset of the classes) to score each final model on")
-    parser.add_argument("--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes")
+    parser.add_argument(
+        "--drop-path", type=float, default=0.0, help="stochastic depth rate of the backbone's blocks (0: off)"
+    )
+    parser.add_argument(
+        "--imagenet-head", action="store_true", help="start the head from ImageNet's classifier rows of each class"
+    )
+    parser.add_argument(
+        "--lp-ft",
+        type=float,
+        help="before the head phase, set the head to a converged probe penalised towards it with this L2 (LP-FT)",
+    )
+    parser.add_argument(
+        "--held-out", help="a labelled tree of other photos (a subset of the classes) to score each final model on"
+    )
+    parser.add_argument(
+        "--test-sizes", nargs="+", type=int, default=[], help="also score the final model at these input sizes"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -156,7 +209,9 @@ def main() -> None:
     held_out = None
     if args.held_out:  # photos of other trees, labels as indices into this tree's classes
         other = read_labelled_tree(args.held_out)
-        other_labels = np.asarray([tree.class_names.index(other.class_names[label]) for label in other.labels], dtype=np.int64)
+        other_labels = np.asarray(
+            [tree.class_names.index(other.class_names[label]) for label in other.labels], dtype=np.int64
+        )
         held_out = (np.stack([load_photo(path, args.size)[0] for path in other.paths]), other_labels)
     lasts, lowest_loss = [], []
     for seed in args.seeds:
@@ -165,8 +220,13 @@ def main() -> None:
         history = train_and_validate(photos, labels, train_idx, val_idx, args, seed, test_photos, held_out)
         lasts.append(history[-1][1])
         lowest_loss.append(min(history)[1])
-        print(f"seed {seed}: last epoch {lasts[-1]:.1%}, lowest-loss epoch {lowest_loss[-1]:.1%}, {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"{vars(args)}\nlast epoch {np.mean(lasts):.1%} ± {np.std(lasts):.1%}; lowest-loss epoch {np.mean(lowest_loss):.1%}")
+        print(
+            f"seed {seed}: last epoch {lasts[-1]:.1%}, lowest-loss epoch {lowest_loss[-1]:.1%}, {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+    print(
+        f"{vars(args)}\nlast epoch {np.mean(lasts):.1%} ± {np.std(lasts):.1%}; lowest-loss epoch {np.mean(lowest_loss):.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,13 @@ def main(scenario: str, output: Path) -> None:
     # Epochs of a few seconds each: the fault lands early in the run, however fast the machine.
     data = write_demo_data(output / "data", images_per_class=20, seed=1)
     config = TrainConfig(
-        data=str(data), output=str(output / "run"), models=("custom_cnn",), epochs=8, image_size=96, num_workers=2, max_failures=3
+        data=str(data),
+        output=str(output / "run"),
+        models=("custom_cnn",),
+        epochs=8,
+        image_size=96,
+        num_workers=2,
+        max_failures=3,
     )
     result: dict = {}
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlparse
 
 Answer = tuple[int, bytes]
@@ -35,7 +35,9 @@ class S3Proxy:
                     return b"".join(chunks)
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-            def _answer(self, status: int, headers: list[tuple[str, str]], payload: bytes, length: str | None = None) -> None:
+            def _answer(
+                self, status: int, headers: list[tuple[str, str]], payload: bytes, length: str | None = None
+            ) -> None:
                 self.send_response(status)
                 for key, value in headers:
                     if key.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -51,9 +53,13 @@ class S3Proxy:
                 if answer is not None:
                     self._answer(answer[0], [("Content-Type", "application/xml")], answer[1])
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")
+                }
                 connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                connection.request(self.command, self.path, body=body, headers={**headers, "Content-Length": str(len(body))})
+                connection.request(
+                    self.command, self.path, body=body, headers={**headers, "Content-Length": str(len(body))}
+                )
                 response = connection.getresponse()
                 payload = response.read()
                 # A HEAD answer has no body but tells the object's size.

@@ -44,7 +44,9 @@ def test_missing_or_damaged_artifacts_are_one_sentence(tmp_path, untrained_artif
         load_model(str(tmp_path / "nothing-here"))
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "model_card.json").write_text((__import__("pathlib").Path(untrained_artifact) / "model_card.json").read_text())
+    (broken / "model_card.json").write_text(
+        (__import__("pathlib").Path(untrained_artifact) / "model_card.json").read_text()
+    )
     (broken / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(ArtifactError, match="damaged"):
         load_model(str(broken))
@@ -54,5 +56,7 @@ def test_flip_tta_averages_a_photo_and_its_mirror(untrained_artifact):
     images = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     plain = Predictor(untrained_artifact, device="cpu")
     expected = (plain.predict_probabilities(images) + plain.predict_probabilities(images[:, :, ::-1].copy())) / 2
-    np.testing.assert_allclose(Predictor(untrained_artifact, device="cpu", tta=True).predict_probabilities(images), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        Predictor(untrained_artifact, device="cpu", tta=True).predict_probabilities(images), expected, atol=1e-6
+    )
     assert not np.allclose(expected, plain.predict_probabilities(images), atol=1e-6)

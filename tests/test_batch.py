@@ -58,7 +58,9 @@ def photo_paths(root) -> list[str]:
 @pytest.fixture(scope="module")
 def demo_output(ray_session, demo_tree, untrained_artifact, tmp_path_factory):
     output = str(tmp_path_factory.mktemp("predictions") / "out")
-    config = BatchConfig(untrained_artifact, str(demo_tree), output, batch_size=16, top_k=10, rows_per_file=50, progress=False)
+    config = BatchConfig(
+        untrained_artifact, str(demo_tree), output, batch_size=16, top_k=10, rows_per_file=50, progress=False
+    )
     summary = classify_images(config)
     return output, summary
 
@@ -69,7 +71,9 @@ def test_folder_gives_one_row_per_photo_in_the_documented_schema(demo_output, de
     assert table.schema.equals(prediction_schema(with_true_label=True))
     assert sorted(table.column("path").to_pylist()) == photo_paths(demo_tree)
     assert table.column("error").null_count == table.num_rows
-    assert set(table.column("model").to_pylist()) == {json.loads((Path(untrained_artifact) / "model_card.json").read_text())["id"]}
+    assert set(table.column("model").to_pylist()) == {
+        json.loads((Path(untrained_artifact) / "model_card.json").read_text())["id"]
+    }
     # 12 photos in each of 10 class folders, two parts a folder (6 rows, an eighth of 50, then the other
     # 6); nothing else is visible beside the parts and the summary.
     names = sorted(p.name for p in Path(output).iterdir())
@@ -114,7 +118,7 @@ def write_mixed_folder(root: Path) -> dict[str, str | None]:
     noisy_jpeg = encode(random_photo(3), "JPEG", quality=90)
     good_png = encode(photo, "PNG")
     broken_png = bytearray(good_png)
-    broken_png[len(broken_png) // 2: len(broken_png) // 2 + 64] = bytes(64)
+    broken_png[len(broken_png) // 2 : len(broken_png) // 2 + 64] = bytes(64)
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, "PNG")  # 81 Mpx in a 10 kB file: over the 64 Mpx limit
     files = {
@@ -141,9 +145,14 @@ def write_mixed_folder(root: Path) -> dict[str, str | None]:
 def test_every_bad_file_gets_a_row_with_its_error_and_the_job_goes_on(ray_session, untrained_artifact, tmp_path):
     expected = write_mixed_folder(tmp_path / "photos")
     output = str(tmp_path / "out")
-    summary = classify_images(BatchConfig(untrained_artifact, str(tmp_path / "photos"), output, batch_size=4, progress=False))
+    summary = classify_images(
+        BatchConfig(untrained_artifact, str(tmp_path / "photos"), output, batch_size=4, progress=False)
+    )
 
-    rows = {Path(r["path"]).relative_to((tmp_path / "photos").resolve()).as_posix(): r for r in read_output(output).to_pylist()}
+    rows = {
+        Path(r["path"]).relative_to((tmp_path / "photos").resolve()).as_posix(): r
+        for r in read_output(output).to_pylist()
+    }
     assert sorted(rows) == sorted(expected)  # one row per image file, and the .txt file is not one
     for name, kind in expected.items():
         row = rows[name]
@@ -152,7 +161,12 @@ def test_every_bad_file_gets_a_row_with_its_error_and_the_job_goes_on(ray_sessio
             assert len(row["top_k"]) == 3 and row["confidence"] == row["top_k"][0]["prob"]
         else:
             assert row["error"].startswith(f"{kind}: "), (name, row["error"])
-            assert row["label"] is None and row["label_index"] is None and row["confidence"] is None and row["top_k"] is None
+            assert (
+                row["label"] is None
+                and row["label_index"] is None
+                and row["confidence"] is None
+                and row["top_k"] is None
+            )
     assert "true_label" not in read_output(output).column_names  # folders good/bad are not classes
     assert summary.failed_by_kind == {"corrupt": 2, "empty": 1, "not_image": 1, "too_large": 1}
     assert read_summary(output)["classified"] == 7 and read_summary(output)["failed"] == 5
@@ -161,7 +175,9 @@ def test_every_bad_file_gets_a_row_with_its_error_and_the_job_goes_on(ray_sessio
 # --- S3 in and out ----------------------------------------------------------------------------
 
 
-def test_bucket_in_and_parquet_back_into_the_bucket(ray_session, untrained_artifact, s3_bucket, s3_server, monkeypatch, capsys):
+def test_bucket_in_and_parquet_back_into_the_bucket(
+    ray_session, untrained_artifact, s3_bucket, s3_server, monkeypatch, capsys
+):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # --s3-endpoint sets it; restored afterwards
     client = storage.s3_client()
     names = [f"photos/{cls}/{n}.jpg" for cls in ("gatto", "cane") for n in range(5)]
@@ -173,19 +189,28 @@ def test_bucket_in_and_parquet_back_into_the_bucket(ray_session, untrained_artif
     code = main(
         [
             "infer",
-            "--model", f"s3://{s3_bucket}/models/custom_cnn",
-            "--input", f"s3://{s3_bucket}/photos/",
-            "--output", f"s3://{s3_bucket}/predictions",
-            "--batch-size", "4",
-            "--rows-per-file", "5",
-            "--s3-endpoint", s3_server,
-            "--decode", "gpu",  # no GPU here: must fall back to CPU decoding
+            "--model",
+            f"s3://{s3_bucket}/models/custom_cnn",
+            "--input",
+            f"s3://{s3_bucket}/photos/",
+            "--output",
+            f"s3://{s3_bucket}/predictions",
+            "--batch-size",
+            "4",
+            "--rows-per-file",
+            "5",
+            "--s3-endpoint",
+            s3_server,
+            "--decode",
+            "gpu",  # no GPU here: must fall back to CPU decoding
             "--no-progress",
         ]
     )
     assert code == 0
     table = read_output(f"s3://{s3_bucket}/predictions")
-    assert sorted(table.column("path").to_pylist()) == sorted(f"s3://{s3_bucket}/{k}" for k in names + ["photos/cane/zero.JPEG"])
+    assert sorted(table.column("path").to_pylist()) == sorted(
+        f"s3://{s3_bucket}/{k}" for k in names + ["photos/cane/zero.JPEG"]
+    )
     rows = {r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
     assert rows["cane/zero.JPEG"]["error"].startswith("empty: ")
     assert rows["gatto/0.jpg"]["true_label"] == "cat" and rows["cane/0.jpg"]["true_label"] == "dog"
@@ -193,9 +218,20 @@ def test_bucket_in_and_parquet_back_into_the_bucket(ray_session, untrained_artif
     assert read_summary(f"s3://{s3_bucket}/predictions")["files_seen"] == 11
     assert "Predictions written to" in capsys.readouterr().out
     # Resumed on S3: every part is found by its shard's name and kept.
-    config = BatchConfig(f"s3://{s3_bucket}/models/custom_cnn", f"s3://{s3_bucket}/photos/", f"s3://{s3_bucket}/predictions", rows_per_file=5, resume=True, progress=False)
+    config = BatchConfig(
+        f"s3://{s3_bucket}/models/custom_cnn",
+        f"s3://{s3_bucket}/photos/",
+        f"s3://{s3_bucket}/predictions",
+        rows_per_file=5,
+        resume=True,
+        progress=False,
+    )
     again = classify_images(config)
-    assert again.already_done == 11 and again.processed_this_run == 0 and read_output(f"s3://{s3_bucket}/predictions").num_rows == 11
+    assert (
+        again.already_done == 11
+        and again.processed_this_run == 0
+        and read_output(f"s3://{s3_bucket}/predictions").num_rows == 11
+    )
 
 
 # --- An inference replica killed mid-job ------------------------------------------------------
@@ -229,7 +265,9 @@ def inference_actor_pids() -> list[int]:
     return pids
 
 
-def test_killed_inference_actor_is_replaced_and_every_photo_still_has_one_row(ray_session, demo_tree, untrained_artifact, tmp_path):
+def test_killed_inference_actor_is_replaced_and_every_photo_still_has_one_row(
+    ray_session, demo_tree, untrained_artifact, tmp_path
+):
     output = str(tmp_path / "out")
     killed: list[int] = []
 
@@ -242,7 +280,9 @@ def test_killed_inference_actor_is_replaced_and_every_photo_still_has_one_row(ra
                 os.kill(pid, signal.SIGKILL)
             killed.extend(pids)
 
-    config = BatchConfig(untrained_artifact, str(demo_tree), output, batch_size=4, concurrency=1, rows_per_file=4, progress=False)
+    config = BatchConfig(
+        untrained_artifact, str(demo_tree), output, batch_size=4, concurrency=1, rows_per_file=4, progress=False
+    )
     summary = classify_images(config, on_part_written=kill_actor_once)
 
     assert killed and not set(killed) & set(inference_actor_pids())
@@ -257,14 +297,24 @@ def test_killed_inference_actor_is_replaced_and_every_photo_still_has_one_row(ra
 
 
 def test_gpu_decode_without_a_gpu_decodes_on_the_cpu_with_the_same_result(untrained_artifact, tmp_path):
-    photos = {"a.jpg": encode(random_photo(5), "JPEG"), "b.png": encode(random_photo(6), "PNG"), "c.jpg": b"junk", "d.jpg": encode(random_photo(7), "JPEG")}
+    photos = {
+        "a.jpg": encode(random_photo(5), "JPEG"),
+        "b.png": encode(random_photo(6), "PNG"),
+        "c.jpg": b"junk",
+        "d.jpg": encode(random_photo(7), "JPEG"),
+    }
     for name, data in photos.items():
         (tmp_path / name).write_bytes(data)
     shard = _shard_table(Shard("s-000000", paths=[str(tmp_path / n) for n in photos], errors=[""] * 4), None)
     plain = decode_shard(shard, 64)
     gpu_style = decode_shard(shard, 64, gpu_share=1.0)
     mixed = decode_shard(shard, 64, gpu_share=0.5)
-    assert gpu_style.column("jpegs")[0].as_py() == [photos["a.jpg"], b"", b"", photos["d.jpg"]]  # PNGs decode on the CPU
+    assert gpu_style.column("jpegs")[0].as_py() == [
+        photos["a.jpg"],
+        b"",
+        b"",
+        photos["d.jpg"],
+    ]  # PNGs decode on the CPU
     assert sum(1 for b in mixed.column("jpegs")[0].as_py() if b) == 1  # half of the JPEGs
     job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4}
     classify = ClassifyShard(untrained_artifact, str(tmp_path / "out"), job, labelled=False, gpu_decode=True)
@@ -301,29 +351,47 @@ def assert_one_sentence(code: int, message: str, *words: str) -> None:
 
 
 def test_bad_model_path_is_one_sentence(capsys, photo_dir, tmp_path):
-    code, message = run_cli(capsys, "--model", str(tmp_path / "no-model"), "--input", str(photo_dir), "--output", str(tmp_path / "out"))
+    code, message = run_cli(
+        capsys, "--model", str(tmp_path / "no-model"), "--input", str(photo_dir), "--output", str(tmp_path / "out")
+    )
     assert_one_sentence(code, message, "no-model", "not a model artifact")
 
 
 def test_input_without_images_is_one_sentence(capsys, untrained_artifact, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no photos here")
-    code, message = run_cli(capsys, "--model", untrained_artifact, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
+    code, message = run_cli(
+        capsys, "--model", untrained_artifact, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out")
+    )
     assert_one_sentence(code, message, "No images were found", "empty")
-    code, message = run_cli(capsys, "--model", untrained_artifact, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
+    code, message = run_cli(
+        capsys, "--model", untrained_artifact, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out")
+    )
     assert_one_sentence(code, message, "missing", "does not exist")
 
 
 def test_output_not_writable_is_one_sentence(capsys, untrained_artifact, photo_dir, tmp_path):
     (tmp_path / "a-file").write_text("a file, not a folder")
-    code, message = run_cli(capsys, "--model", untrained_artifact, "--input", str(photo_dir), "--output", str(tmp_path / "a-file" / "out"))
+    code, message = run_cli(
+        capsys, "--model", untrained_artifact, "--input", str(photo_dir), "--output", str(tmp_path / "a-file" / "out")
+    )
     assert_one_sentence(code, message, "Cannot write to", "a-file")
 
 
 def test_unreachable_s3_is_one_sentence(capsys, untrained_artifact, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL", ""))  # restored after --s3-endpoint
     nobody = f"http://127.0.0.1:{_free_port()}"
-    code, message = run_cli(capsys, "--model", untrained_artifact, "--input", "s3://photos/x/", "--output", str(tmp_path / "out"), "--s3-endpoint", nobody)
+    code, message = run_cli(
+        capsys,
+        "--model",
+        untrained_artifact,
+        "--input",
+        "s3://photos/x/",
+        "--output",
+        str(tmp_path / "out"),
+        "--s3-endpoint",
+        nobody,
+    )
     assert_one_sentence(code, message, "Cannot reach the S3 endpoint", "s3://photos/x")
 
 
@@ -370,7 +438,9 @@ def put_photos(bucket: str, keys: list[str]) -> list[str]:
     return sorted(f"s3://{bucket}/{k}" for k in keys)
 
 
-def test_the_first_part_is_written_before_the_listing_has_finished(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
+def test_the_first_part_is_written_before_the_listing_has_finished(
+    ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch
+):
     expected = put_photos(s3_bucket, [f"photos/{i:02d}.jpg" for i in range(12)])
     output = tmp_path / "out"
     # Every listing page after the first waits until a part exists: a job that lists everything
@@ -379,7 +449,16 @@ def test_the_first_part_is_written_before_the_listing_has_finished(ray_session, 
     proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     try:
-        summary = classify_images(BatchConfig(untrained_artifact, f"s3://{s3_bucket}/photos/", str(output), batch_size=4, rows_per_file=4, progress=False))
+        summary = classify_images(
+            BatchConfig(
+                untrained_artifact,
+                f"s3://{s3_bucket}/photos/",
+                str(output),
+                batch_size=4,
+                rows_per_file=4,
+                progress=False,
+            )
+        )
     finally:
         proxy.close()
     assert not gate.timed_out and len(gate.requests) >= 3
@@ -388,14 +467,20 @@ def test_the_first_part_is_written_before_the_listing_has_finished(ray_session, 
 
 
 def test_sub_prefixes_are_listed_in_parallel(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
-    expected = put_photos(s3_bucket, [f"photos/{folder}/{i}.jpg" for folder in ("2026-11-30", "2026-12-01") for i in range(3)])
+    expected = put_photos(
+        s3_bucket, [f"photos/{folder}/{i}.jpg" for folder in ("2026-11-30", "2026-12-01") for i in range(3)]
+    )
     # Each folder's first listing request waits until the other folder's listing has begun too:
     # listed one after the other, the first would wait until the gate gives up.
     gate = ListingGate(page_size=3, hold=lambda prefix, number: len(set(gate.requests)) < 2)
     proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     try:
-        summary = classify_images(BatchConfig(untrained_artifact, f"s3://{s3_bucket}/photos", str(tmp_path / "out"), rows_per_file=3, progress=False))
+        summary = classify_images(
+            BatchConfig(
+                untrained_artifact, f"s3://{s3_bucket}/photos", str(tmp_path / "out"), rows_per_file=3, progress=False
+            )
+        )
     finally:
         proxy.close()
     assert not gate.timed_out and {p.rsplit("/", 2)[-2] for p in gate.requests} == {"2026-11-30", "2026-12-01"}
@@ -406,7 +491,9 @@ def test_sub_prefixes_are_listed_in_parallel(ray_session, untrained_artifact, s3
 # --- A killed job, resumed --------------------------------------------------------------------
 
 
-def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_parts(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
+def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_parts(
+    ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch
+):
     import subprocess
     import sys
     import time
@@ -419,7 +506,11 @@ def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_par
     proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
     argv = [sys.executable, "-m", "animals10.cli", "infer", "--model", untrained_artifact, "--input", f"s3://{s3_bucket}/photos/",
             "--output", str(output), "--rows-per-file", "4", "--batch-size", "4", "--no-progress"]  # fmt: skip
-    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": proxy.endpoint,
+        "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+    }
     job = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -434,7 +525,9 @@ def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_par
         assert 2 <= len(finished) < 8  # of 8 parts: 1, 1, 2, then 4 rows each
 
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        config = BatchConfig(untrained_artifact, f"s3://{s3_bucket}/photos/", str(output), batch_size=4, rows_per_file=4, progress=False)
+        config = BatchConfig(
+            untrained_artifact, f"s3://{s3_bucket}/photos/", str(output), batch_size=4, rows_per_file=4, progress=False
+        )
         with pytest.raises(Exception, match="--resume"):
             classify_images(config)
         config.resume = True
@@ -456,13 +549,19 @@ def test_resuming_with_another_part_size_is_one_sentence(ray_session, demo_tree,
     output = str(tmp_path / "out")
     classify_images(BatchConfig(untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=5, progress=False))
     with pytest.raises(Exception, match="--rows-per-file 5, not 6"):
-        classify_images(BatchConfig(untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=6, resume=True, progress=False))
+        classify_images(
+            BatchConfig(
+                untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=6, resume=True, progress=False
+            )
+        )
 
 
 # --- Manifests --------------------------------------------------------------------------------
 
 
-def test_a_manifest_job_classifies_each_uri_once_and_names_rows_it_cannot_use(ray_session, untrained_artifact, tmp_path):
+def test_a_manifest_job_classifies_each_uri_once_and_names_rows_it_cannot_use(
+    ray_session, untrained_artifact, tmp_path
+):
     photos = tmp_path / "photos"
     photos.mkdir()
     good = []
@@ -473,15 +572,21 @@ def test_a_manifest_job_classifies_each_uri_once_and_names_rows_it_cannot_use(ra
     manifest = tmp_path / "list.txt"
     manifest.write_text("\n".join(rows) + "\n")
     output = str(tmp_path / "out")
-    summary = classify_images(BatchConfig(untrained_artifact, None, output, input_list=str(manifest), rows_per_file=4, progress=False))
+    summary = classify_images(
+        BatchConfig(untrained_artifact, None, output, input_list=str(manifest), rows_per_file=4, progress=False)
+    )
 
     table = read_output(output).to_pylist()
     by_path = {r["path"]: r for r in table}
     assert len(table) == 8 and sorted(by_path) == sorted(set(rows))  # the repeat of good[0] left out
     assert all(by_path[p]["error"] is None and by_path[p]["label"] for p in good)
-    assert by_path[""]["error"].startswith("invalid: ") and by_path["relative/photo.jpg"]["error"].startswith("invalid: ")
+    assert by_path[""]["error"].startswith("invalid: ") and by_path["relative/photo.jpg"]["error"].startswith(
+        "invalid: "
+    )
     assert by_path[str(photos / "gone.jpg")]["error"].startswith("missing: ")
-    assert summary.duplicates == 1 and summary.classified == 5 and summary.failed_by_kind == {"invalid": 2, "missing": 1}
+    assert (
+        summary.duplicates == 1 and summary.classified == 5 and summary.failed_by_kind == {"invalid": 2, "missing": 1}
+    )
     assert read_summary(output)["duplicates"] == 1
 
 
@@ -495,7 +600,9 @@ def test_an_s3_inventory_in_the_bucket_feeds_the_job(ray_session, untrained_arti
     storage.write_bytes(f"s3://{s3_bucket}/inventory/photos/all/data/1.csv.gz", data)
     manifest = {"destinationBucket": f"arn:aws:s3:::{s3_bucket}", "fileFormat": "CSV", "fileSchema": "Bucket, Key, Size",
                 "files": [{"key": "inventory/photos/all/data/1.csv.gz", "size": len(data), "MD5checksum": "x"}]}  # fmt: skip
-    storage.write_bytes(f"s3://{s3_bucket}/inventory/photos/all/2026-12-01T01-00Z/manifest.json", json.dumps(manifest).encode())
+    storage.write_bytes(
+        f"s3://{s3_bucket}/inventory/photos/all/2026-12-01T01-00Z/manifest.json", json.dumps(manifest).encode()
+    )
     code = main(["infer", "--model", untrained_artifact, "--input-list", f"s3://{s3_bucket}/inventory/photos/all/2026-12-01T01-00Z/manifest.json",
                  "--output", f"s3://{s3_bucket}/predictions", "--no-progress"])  # fmt: skip
     assert code == 0 and "Predictions written to" in capsys.readouterr().out
@@ -504,14 +611,40 @@ def test_an_s3_inventory_in_the_bucket_feeds_the_job(ray_session, untrained_arti
 
 def test_a_manifest_that_is_not_one_is_one_sentence(capsys, untrained_artifact, tmp_path):
     (tmp_path / "list.xlsx").write_bytes(b"PK\x03\x04\x00\x00binary spreadsheet")
-    code, message = run_cli(capsys, "--model", untrained_artifact, "--input-list", str(tmp_path / "list.xlsx"), "--output", str(tmp_path / "out"))
+    code, message = run_cli(
+        capsys,
+        "--model",
+        untrained_artifact,
+        "--input-list",
+        str(tmp_path / "list.xlsx"),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert_one_sentence(code, message, "list.xlsx", "neither text, CSV nor Parquet")
     (tmp_path / "list.csv").write_text("name,size\ncat.jpg,1\n")
-    code, message = run_cli(capsys, "--model", untrained_artifact, "--input-list", str(tmp_path / "list.csv"), "--output", str(tmp_path / "out"))
+    code, message = run_cli(
+        capsys,
+        "--model",
+        untrained_artifact,
+        "--input-list",
+        str(tmp_path / "list.csv"),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert_one_sentence(code, message, "list.csv", "no path column")
 
 
 def test_concurrency_takes_one_number_or_a_range(capsys, untrained_artifact, photo_dir, tmp_path):
     for values in (["3", "1"], ["1", "2", "3"]):
-        code, message = run_cli(capsys, "--model", untrained_artifact, "--input", str(photo_dir), "--output", str(tmp_path / "out"), "--concurrency", *values)
+        code, message = run_cli(
+            capsys,
+            "--model",
+            untrained_artifact,
+            "--input",
+            str(photo_dir),
+            "--output",
+            str(tmp_path / "out"),
+            "--concurrency",
+            *values,
+        )
         assert_one_sentence(code, message, "--concurrency")

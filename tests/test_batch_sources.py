@@ -52,15 +52,21 @@ def test_a_tree_is_cut_into_shards_with_stable_ids_and_labels(tmp_path):
     assert sorted(p for s in shards for p in s.paths) == expected
     assert all(len(s.paths) <= 2 for s in shards)
     labels = {p: label for s in shards for p, label in zip(s.paths, s.true_labels)}
-    assert {labels[p] for p in expected if "/gatto/" in p} == {"cat"} and {labels[p] for p in expected if "/cane/" in p} == {"dog"}
+    assert {labels[p] for p in expected if "/gatto/" in p} == {"cat"} and {
+        labels[p] for p in expected if "/cane/" in p
+    } == {"dog"}
     assert len({s.id for s in shards}) == len(shards)
-    assert [s.id for s in shards_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES), rows_per_part=2)] == [s.id for s in shards]
+    assert [s.id for s in shards_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES), rows_per_part=2)] == [
+        s.id for s in shards
+    ]
 
 
 def test_a_broken_link_is_listed_so_that_it_gets_its_error_row(tmp_path):
     expected = write_tree(tmp_path, {"gatto": 2})
     (tmp_path / "gatto" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    assert [p for p, _ in rows_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES))] == sorted(expected + [str(tmp_path / "gatto" / "gone.jpg")])
+    assert [p for p, _ in rows_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES))] == sorted(
+        expected + [str(tmp_path / "gatto" / "gone.jpg")]
+    )
 
 
 def test_folders_that_are_not_classes_or_photos_at_the_top_give_no_labels(tmp_path):
@@ -85,7 +91,10 @@ def test_a_tree_on_s3_is_listed_page_by_page_over_its_sub_prefixes(s3_bucket):
     for key in keys:
         client.put_object(Bucket=s3_bucket, Key=key, Body=b"not decoded here")
     plan = plan_tree(f"s3://{s3_bucket}/photos/", ANIMALS10_CLASSES)
-    assert plan.labelled and [u.folders for u in plan.units] == [(f"s3://{s3_bucket}/photos/cane/",), (f"s3://{s3_bucket}/photos/gatto/",)]
+    assert plan.labelled and [u.folders for u in plan.units] == [
+        (f"s3://{s3_bucket}/photos/cane/",),
+        (f"s3://{s3_bucket}/photos/gatto/",),
+    ]
     shards = shards_of(plan, rows_per_part=3)  # pages of 3 keys: several ListObjectsV2 pages per folder
     assert sorted(p for s in shards for p in s.paths) == sorted(f"s3://{s3_bucket}/{k}" for k in keys)
     assert [len(s.paths) for s in shards] == [1, 1, 1, 3, 2, 1, 1, 1, 3, 1]  # a slow start in each folder, then 3
@@ -135,7 +144,9 @@ MANIFESTS = {
     "list.parquet": lambda: parquet_bytes(pa.table({"uri": PHOTOS, "n": [1, 2, 3]})),
     "list-without-suffix": lambda: ("\n".join(PHOTOS) + "\n").encode(),
     "inventory.parquet": lambda: parquet_bytes(
-        pa.table({"bucket": [storage.split_s3(p)[0] for p in S3_PHOTOS], "key": [storage.split_s3(p)[1] for p in S3_PHOTOS]})
+        pa.table(
+            {"bucket": [storage.split_s3(p)[0] for p in S3_PHOTOS], "key": [storage.split_s3(p)[1] for p in S3_PHOTOS]}
+        )
     ),
     "inventory-data.csv.gz": lambda: inventory_csv(S3_PHOTOS),
 }
@@ -173,7 +184,17 @@ def test_an_s3_inventory_manifest_json_names_its_data_files(location, file_forma
         if file_format == "CSV":
             name, data = f"part{n}.csv.gz", inventory_csv(half)
         else:
-            name, data = f"part{n}.parquet", parquet_bytes(pa.table({"bucket": [storage.split_s3(u)[0] for u in half], "key": [storage.split_s3(u)[1] for u in half]}))
+            name, data = (
+                f"part{n}.parquet",
+                parquet_bytes(
+                    pa.table(
+                        {
+                            "bucket": [storage.split_s3(u)[0] for u in half],
+                            "key": [storage.split_s3(u)[1] for u in half],
+                        }
+                    )
+                ),
+            )
         uri = put(config, f"data/{name}", data)
         keys.append(storage.split_s3(uri)[1] if storage.is_s3(uri) else f"inventory/photos/daily/data/{name}")
     bucket = storage.split_s3(location)[0] if storage.is_s3(location) else "somewhere"
@@ -243,7 +264,11 @@ def test_a_file_that_is_no_manifest_is_one_sentence(tmp_path, name, data, words)
 def test_missing_manifests_and_orc_inventories_are_one_sentence(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         plan_manifest(str(tmp_path / "missing.txt"))
-    manifest = {"fileFormat": "ORC", "fileSchema": "struct<bucket:string,key:string>", "files": [{"key": "x/data/1.orc"}]}
+    manifest = {
+        "fileFormat": "ORC",
+        "fileSchema": "struct<bucket:string,key:string>",
+        "files": [{"key": "x/data/1.orc"}],
+    }
     uri = put(str(tmp_path), "inv/2026-12-01T01-00Z/manifest.json", json.dumps(manifest).encode())
     with pytest.raises(DataError, match="configure the inventory as CSV or Parquet"):
         plan_manifest(uri)

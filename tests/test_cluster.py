@@ -54,7 +54,12 @@ def ray_head(tmp_path):
     dashboard_port = _free_port()
     # Token authentication, as the README sets it up for a real cluster: the head, the CLI and the
     # job's driver all carry the token; a request without it is refused.
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env.pop("RAY_ADDRESS", None)
     temp_dir = Path("/tmp") / f"ray-head-{os.getpid()}-{dashboard_port}"  # short: Unix socket paths are limited
@@ -75,7 +80,12 @@ def ray_head(tmp_path):
     try:
         # Ready once a trivial job runs through (the job API answers before its agent can take jobs).
         deadline = time.monotonic() + 180
-        while subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True
+            ).returncode
+            != 0
+        ):
             assert head.poll() is None, "ray start --head exited"
             assert time.monotonic() < deadline, "the head did not start taking jobs"
             time.sleep(2)
@@ -96,10 +106,16 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, demo_tree, tmp_path):
         ],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, "train-test"], env=env, capture_output=True, text=True)
-    assert "succeeded" in status.stdout.lower() and submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    status = subprocess.run(
+        [str(BIN / "ray"), "job", "status", "--address", address, "train-test"], env=env, capture_output=True, text=True
+    )
+    assert "succeeded" in status.stdout.lower() and submitted.returncode == 0, (
+        submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    )
     no_token = {**env, "RAY_AUTH_TOKEN": "wrong-" + env["RAY_AUTH_TOKEN"]}
-    refused = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=no_token, capture_output=True, text=True)
+    refused = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", address], env=no_token, capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower()
     assert "custom_cnn" in submitted.stdout and "Accuracy" in submitted.stdout
     card = json.loads((output / "custom_cnn" / "model_card.json").read_text())
@@ -115,7 +131,13 @@ def test_training_reads_and_writes_s3(ray_session, s3_bucket, demo_tree):
 
     storage.upload_dir(demo_tree, f"s3://{s3_bucket}/raw-img")
     [trained] = train_models(
-        TrainConfig(data=f"s3://{s3_bucket}/raw-img", output=f"s3://{s3_bucket}/runs/exp1", models=("custom_cnn",), epochs=2, image_size=32)
+        TrainConfig(
+            data=f"s3://{s3_bucket}/raw-img",
+            output=f"s3://{s3_bucket}/runs/exp1",
+            models=("custom_cnn",),
+            epochs=2,
+            image_size=32,
+        )
     )
     assert trained.artifact_uri == f"s3://{s3_bucket}/runs/exp1/custom_cnn"
     keys = storage.list_files(f"s3://{s3_bucket}/runs/exp1")
@@ -164,7 +186,10 @@ class SlowDownEveryThirdWrite:
                 return None
             self.refused.add((method, path))
             self.num_failed += 1
-        return 503, b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+        return (
+            503,
+            b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+        )
 
 
 def test_transient_s3_errors_during_checkpointing_are_retried(ray_session, s3_bucket, demo_tree, monkeypatch):
@@ -179,8 +204,12 @@ def test_transient_s3_errors_during_checkpointing_are_retried(ray_session, s3_bu
     try:
         [trained] = train_models(
             TrainConfig(
-                data=f"s3://{s3_bucket}/raw-img", output=f"s3://{s3_bucket}/runs/flaky", models=("custom_cnn",), epochs=2,
-                image_size=32, s3_endpoint=proxy.endpoint,
+                data=f"s3://{s3_bucket}/raw-img",
+                output=f"s3://{s3_bucket}/runs/flaky",
+                models=("custom_cnn",),
+                epochs=2,
+                image_size=32,
+                s3_endpoint=proxy.endpoint,
             )  # fmt: skip
         )
     finally:

@@ -13,7 +13,13 @@ from animals10.transforms import Augmentation, augment, mix_batch, trivial_augme
 
 def test_study_recipe_is_the_studys_settings():
     study = recipe_config("study", data="d")
-    assert (study.optimizer, study.lr, study.batch_size, study.schedule, study.image_size) == ("adam", 1e-3, 32, "plateau", 128)
+    assert (study.optimizer, study.lr, study.batch_size, study.schedule, study.image_size) == (
+        "adam",
+        1e-3,
+        32,
+        "plateau",
+        128,
+    )
     assert study.for_model("custom_cnn").epochs == 30 and study.for_model("mobilenet_v2").epochs == 20
     assert study.augmentation == Augmentation()
 
@@ -24,19 +30,28 @@ def test_best_recipe_per_model_and_overrides():
     cnn, transfer = best.for_model("custom_cnn"), best.for_model("efficientnet_lite0")
     assert (cnn.image_size, cnn.epochs, cnn.batch_size, cnn.early_stopping_patience, cnn.copies) == (64, 120, 16, 0, 4)
     assert transfer.copies == 1 and recipe_config("study").for_model("custom_cnn").copies == 1
-    assert cnn.augmentation.grayscale == transfer.augmentation.grayscale == 0.0  # grey photos: an option, off by default
+    assert (
+        cnn.augmentation.grayscale == transfer.augmentation.grayscale == 0.0
+    )  # grey photos: an option, off by default
     assert cnn.augmentation.crop_scale == transfer.augmentation.crop_scale == (0.35, 1.0)
     assert (transfer.image_size, transfer.epochs, transfer.batch_size) == (224, 20, 32)
     assert cnn.lr == transfer.lr == 5e-4  # the command line wins over the recipe's per-model values
     given = recipe_config("best", data="d", image_size=96, epochs=3).for_model("custom_cnn")
     assert (given.image_size, given.epochs, given.batch_size) == (96, 3, 16)
-    assert (cnn.keep, transfer.keep, transfer.freeze_batchnorm, transfer.head_epochs_fraction) == ("last", "last", True, 0.3)
+    assert (cnn.keep, transfer.keep, transfer.freeze_batchnorm, transfer.head_epochs_fraction) == (
+        "last",
+        "last",
+        True,
+        0.3,
+    )
     assert recipe_config("study").keep == "best_val_loss" and not recipe_config("study").freeze_batchnorm
     assert transfer.imagenet_head and not recipe_config("study").for_model("efficientnet_lite0").imagenet_head
     with pytest.raises(ValueError, match="Unknown keep 'best'"):
         recipe_config("best", keep="best")
     assert (cnn.augment_size, cnn.train_decode_size, transfer.train_decode_size) == (128, 128, 224)
-    assert recipe_config("best", image_size=224).for_model("custom_cnn").train_decode_size == 224  # never below the input size
+    assert (
+        recipe_config("best", image_size=224).for_model("custom_cnn").train_decode_size == 224
+    )  # never below the input size
     with pytest.raises(ValueError, match="augment_size must be a positive"):
         recipe_config("best", augment_size=0)
     assert (cnn.test_size, cnn.inference_size, transfer.inference_size) == (72, 72, 224)
@@ -68,29 +83,59 @@ def test_command_line_builds_the_recipe_with_its_changes():
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    config = config_from_args(parser.parse_args(["--data", "d", "--mixup", "0.2", "--trivial-augment", "--batch-size", "8"]))
+    config = config_from_args(
+        parser.parse_args(["--data", "d", "--mixup", "0.2", "--trivial-augment", "--batch-size", "8"])
+    )
     cnn = config.for_model("custom_cnn")
-    assert cnn.augmentation.mixup_alpha == 0.2 and cnn.augmentation.trivial_augment and cnn.augmentation.crop_scale == (0.35, 1.0)
+    assert (
+        cnn.augmentation.mixup_alpha == 0.2
+        and cnn.augmentation.trivial_augment
+        and cnn.augmentation.crop_scale == (0.35, 1.0)
+    )
     assert cnn.batch_size == 8 and cnn.image_size == 64 and config.recipe == "best" and cnn.cache_decoded is None
     changed = config_from_args(
-        parser.parse_args(["--data", "d", "--keep", "best_val_loss", "--no-freeze-batchnorm", "--no-imagenet-head", "--no-cache-decoded"])
+        parser.parse_args(
+            [
+                "--data",
+                "d",
+                "--keep",
+                "best_val_loss",
+                "--no-freeze-batchnorm",
+                "--no-imagenet-head",
+                "--no-cache-decoded",
+            ]
+        )
     )
     transfer = changed.for_model("efficientnet_lite0")
-    assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head, transfer.cache_decoded) == ("best_val_loss", False, False, False)
+    assert (transfer.keep, transfer.freeze_batchnorm, transfer.imagenet_head, transfer.cache_decoded) == (
+        "best_val_loss",
+        False,
+        False,
+        False,
+    )
     assert cnn.model_kwargs == {"scattering": 8} and config.for_model("efficientnet_lite0").model_kwargs == {}
     for given, kwargs in (("0", {}), ("4", {"scattering": 4})):
         scattering = config_from_args(parser.parse_args(["--data", "d", "--scattering", given]))
-        assert scattering.for_model("custom_cnn").model_kwargs == kwargs and scattering.for_model("custom_cnn").copies == 4
+        assert (
+            scattering.for_model("custom_cnn").model_kwargs == kwargs and scattering.for_model("custom_cnn").copies == 4
+        )
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--scattering", "2.5"])
     grey = config_from_args(parser.parse_args(["--data", "d", "--grayscale", "0.3"]))
-    assert grey.for_model("custom_cnn").augmentation.grayscale == grey.for_model("efficientnet_lite0").augmentation.grayscale == 0.3
+    assert (
+        grey.for_model("custom_cnn").augmentation.grayscale
+        == grey.for_model("efficientnet_lite0").augmentation.grayscale
+        == 0.3
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--cutmix", "-1"])
     for wrong in ("1.5", "-0.1", "grey"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--data", "d", "--grayscale", wrong])
-    assert config.val_fraction == 0.2 and config_from_args(parser.parse_args(["--data", "d", "--val-fraction", "0.1"])).val_fraction == 0.1
+    assert (
+        config.val_fraction == 0.2
+        and config_from_args(parser.parse_args(["--data", "d", "--val-fraction", "0.1"])).val_fraction == 0.1
+    )
     for share in ("0", "1", "ten"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--data", "d", "--val-fraction", share])
@@ -129,11 +174,15 @@ def test_grayscale_turns_about_its_share_of_photos_grey_and_leaves_the_rest():
 
 def test_augmentation_given_on_the_command_line_goes_on_top_of_a_models_own():
     cnn_own = Augmentation(crop_scale=(0.35, 1.0), grayscale=0.2)
-    config = TrainConfig(model_settings={"custom_cnn": {"augmentation": cnn_own}}).with_augmentation(mixup_alpha=0.2, trivial_augment=None)
+    config = TrainConfig(model_settings={"custom_cnn": {"augmentation": cnn_own}}).with_augmentation(
+        mixup_alpha=0.2, trivial_augment=None
+    )
     cnn, transfer = config.for_model("custom_cnn"), config.for_model("efficientnet_lite0")
     assert cnn.augmentation == replace(cnn_own, mixup_alpha=0.2)
     assert transfer.augmentation == Augmentation(mixup_alpha=0.2)
-    assert config.with_augmentation(grayscale=0.0).for_model("custom_cnn").augmentation == replace(cnn_own, mixup_alpha=0.2, grayscale=0.0)
+    assert config.with_augmentation(grayscale=0.0).for_model("custom_cnn").augmentation == replace(
+        cnn_own, mixup_alpha=0.2, grayscale=0.0
+    )
 
 
 def test_photos_decoded_larger_are_augmented_then_resized_to_the_model_size():
@@ -142,7 +191,11 @@ def test_photos_decoded_larger_are_augmented_then_resized_to_the_model_size():
 
     big = torch.zeros(2, 128, 128, 3, dtype=torch.uint8)
     big[:, :, 64:] = 255  # left half black, right half white
-    x = to_model_input(big, Preprocessing(image_size=64), Augmentation(rotation_degrees=0.0, horizontal_flip=False, brightness=(1.0, 1.0)))
+    x = to_model_input(
+        big,
+        Preprocessing(image_size=64),
+        Augmentation(rotation_degrees=0.0, horizontal_flip=False, brightness=(1.0, 1.0)),
+    )
     assert x.shape == (2, 3, 64, 64)
     assert x[:, :, :, :31].max() == 0 and x[:, :, :, 33:].min() == 1  # the same picture, at the model's size
     assert to_model_input(big, Preprocessing(image_size=128)).shape == (2, 3, 128, 128)
@@ -205,7 +258,10 @@ def test_training_step_with_mixing_and_trivial_augment_learns():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     augmentation = Augmentation(trivial_augment=True, mixup_alpha=0.4, cutmix_alpha=1.0)
     losses = [
-        train_one_epoch(model, batches, optimizer, Preprocessing(32), augmentation, torch.device("cpu"), num_classes=2).loss_sum / 64
+        train_one_epoch(
+            model, batches, optimizer, Preprocessing(32), augmentation, torch.device("cpu"), num_classes=2
+        ).loss_sum
+        / 64
         for _ in range(8)
     ]
     assert losses[-1] < 0.75 * losses[0]
@@ -225,7 +281,9 @@ def test_copies_train_on_each_photo_augmented_several_ways():
     model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     augmentation = Augmentation(crop_scale=(0.35, 1.0))
-    totals = train_one_epoch(model, batches, optimizer, Preprocessing(32), augmentation, torch.device("cpu"), num_classes=2, copies=3)
+    totals = train_one_epoch(
+        model, batches, optimizer, Preprocessing(32), augmentation, torch.device("cpu"), num_classes=2, copies=3
+    )
     assert totals.num_images == 8 and [x.shape[0] for x in seen] == [12, 12]  # 8 photos, each seen three ways
     first_photo = seen[0][[0, 4, 8]]  # its three copies
     assert not torch.allclose(first_photo[0], first_photo[1]) and not torch.allclose(first_photo[1], first_photo[2])

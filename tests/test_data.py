@@ -36,7 +36,9 @@ def test_split_is_the_same_for_a_copy_of_the_tree_elsewhere(tmp_path):
     first = read_labelled_tree(make_tree(tmp_path / "one", {"a": 30, "b": 30}))
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     second = read_labelled_tree(tmp_path / "two")
-    names = lambda tree, idx: sorted(tree.paths[i].rsplit("/", 2)[-2] + "/" + tree.paths[i].rsplit("/", 1)[-1] for i in idx)  # noqa: E731
+    names = lambda tree, idx: sorted(
+        tree.paths[i].rsplit("/", 2)[-2] + "/" + tree.paths[i].rsplit("/", 1)[-1] for i in idx
+    )  # noqa: E731
     assert names(first, split_indices(first)[1]) == names(second, split_indices(second)[1])
     assert names(first, split_indices(first, seed=1)[1]) != names(first, split_indices(first, seed=2)[1])
 
@@ -69,7 +71,9 @@ def test_decode_batch_marks_bad_files_and_keeps_the_rest(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     missing = tmp_path / "missing.jpg"
-    batch = decode_batch({"path": np.array([str(good), str(empty), str(missing)], dtype=object), "label": np.array([0, 1, 2])}, 32)
+    batch = decode_batch(
+        {"path": np.array([str(good), str(empty), str(missing)], dtype=object), "label": np.array([0, 1, 2])}, 32
+    )
     assert batch["image"].shape == (3, 32, 32, 3)
     assert batch["error"][0] == "" and batch["error"][1].startswith("empty") and batch["error"][2].startswith("missing")
     assert batch["image"][0].any() and not batch["image"][1].any()

@@ -44,17 +44,29 @@ def _history(phases: list[tuple[str, int, float]]) -> list[dict]:
     for phase, num_epochs, lr in phases:
         for _ in range(num_epochs):
             epoch += 1
-            rows.append({
-                "epoch": epoch, "phase": phase, "lr": lr,
-                "train_loss": 2.3 / epoch, "train_accuracy": min(0.95, 0.1 * epoch + 0.1),
-                "val_loss": 2.4 / epoch + 0.1, "val_accuracy": min(0.9, 0.09 * epoch + 0.1),
-                "val_macro_precision": 0.5, "val_macro_recall": 0.5, "images_per_second": 100.0 + epoch,
-            })
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "phase": phase,
+                    "lr": lr,
+                    "train_loss": 2.3 / epoch,
+                    "train_accuracy": min(0.95, 0.1 * epoch + 0.1),
+                    "val_loss": 2.4 / epoch + 0.1,
+                    "val_accuracy": min(0.9, 0.09 * epoch + 0.1),
+                    "val_macro_precision": 0.5,
+                    "val_macro_recall": 0.5,
+                    "images_per_second": 100.0 + epoch,
+                }
+            )
     return rows
 
 
-def _save(model, uri: str, tree, history: list[dict] | None, data_record: bool = True, data_uri: str | None = None) -> str:
-    card = ModelCard("custom_cnn", list(tree.class_names), Preprocessing(image_size=IMAGE_SIZE), model_kwargs=dict(TINY_CNN))
+def _save(
+    model, uri: str, tree, history: list[dict] | None, data_record: bool = True, data_uri: str | None = None
+) -> str:
+    card = ModelCard(
+        "custom_cnn", list(tree.class_names), Preprocessing(image_size=IMAGE_SIZE), model_kwargs=dict(TINY_CNN)
+    )
     if data_record:
         card.data = {"data_uri": data_uri or str(tree.root), "val_fraction": VAL_FRACTION, "split_seed": SPLIT_SEED}
     if history:
@@ -89,7 +101,11 @@ def artifacts(tmp_path_factory, demo_tree):
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        history = _history([("train", 4, 1e-2), ("train", 2, 1e-3)]) if name == "custom_cnn" else _history([("head", 2, 1e-3), ("fine_tune", 3, 1e-4)])
+        history = (
+            _history([("train", 4, 1e-2), ("train", 2, 1e-3)])
+            if name == "custom_cnn"
+            else _history([("head", 2, 1e-3), ("fine_tune", 3, 1e-4)])
+        )
         uris[name] = _save(model, str(root / name), tree, history)
     return uris
 
@@ -111,14 +127,16 @@ def test_metrics_equal_hand_computed_values_with_a_class_never_predicted():
     names = ["a", "b", "c", "d"]  # c is never predicted; d has no photos and is never predicted
     y_true = [0, 0, 0, 1, 1, 2]
     y_pred = [0, 0, 1, 1, 0, 1]
-    probabilities = np.array([
-        [0.7, 0.1, 0.1, 0.1],
-        [0.6, 0.2, 0.1, 0.1],
-        [0.2, 0.5, 0.2, 0.1],  # true a: ranked 2nd
-        [0.1, 0.8, 0.05, 0.05],
-        [0.5, 0.3, 0.1, 0.1],
-        [0.3, 0.4, 0.1, 0.2],  # true c: ranked 4th, outside the top 3
-    ])
+    probabilities = np.array(
+        [
+            [0.7, 0.1, 0.1, 0.1],
+            [0.6, 0.2, 0.1, 0.1],
+            [0.2, 0.5, 0.2, 0.1],  # true a: ranked 2nd
+            [0.1, 0.8, 0.05, 0.05],
+            [0.5, 0.3, 0.1, 0.1],
+            [0.3, 0.4, 0.1, 0.2],  # true c: ranked 4th, outside the top 3
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a division by zero would warn
         m = evaluation_metrics(y_true, y_pred, names, probabilities=probabilities)
@@ -140,7 +158,11 @@ def test_metrics_equal_hand_computed_values_with_a_class_never_predicted():
     expected_loss = -(math.log(0.7) + math.log(0.6) + math.log(0.2) + math.log(0.8) + math.log(0.3) + math.log(0.1)) / 6
     assert m["loss"] == pytest.approx(expected_loss)
     # Three cells of one photo each; c -> b is all of c's photos, so it comes first.
-    assert [(p["true"], p["predicted"], p["count"]) for p in m["most_confused"]] == [("c", "b", 1), ("b", "a", 1), ("a", "b", 1)]
+    assert [(p["true"], p["predicted"], p["count"]) for p in m["most_confused"]] == [
+        ("c", "b", 1),
+        ("b", "a", 1),
+        ("a", "b", 1),
+    ]
     assert m["most_confused"][0]["share_of_true"] == 1.0
 
 
@@ -187,11 +209,28 @@ def test_scoring_a_parquet_output_gives_the_same_numbers_as_scoring_the_folder(a
     photos = np.stack([load_array(open(path, "rb").read(), IMAGE_SIZE) for path in tree.paths])
     described = predictor.describe(predictor.predict_probabilities(photos))
     # The rows batch inference writes for a labelled folder.
-    rows = [{"path": path, **row, "error": "", "model": predictor.model_id, "true_label": class_name_for_folder(path.split("/")[-2])}
-            for path, row in zip(tree.paths, described)]
-    rows.append({"path": str(demo_tree / "cane" / "bad.jpg"), "label": None, "label_index": None, "confidence": None,
-                 "top_k": None, "error": "not_image: the file is not an image Pillow can read", "model": predictor.model_id,
-                 "true_label": "dog"})
+    rows = [
+        {
+            "path": path,
+            **row,
+            "error": "",
+            "model": predictor.model_id,
+            "true_label": class_name_for_folder(path.split("/")[-2]),
+        }
+        for path, row in zip(tree.paths, described)
+    ]
+    rows.append(
+        {
+            "path": str(demo_tree / "cane" / "bad.jpg"),
+            "label": None,
+            "label_index": None,
+            "confidence": None,
+            "top_k": None,
+            "error": "not_image: the file is not an image Pillow can read",
+            "model": predictor.model_id,
+            "true_label": "dog",
+        }
+    )
     output = tmp_path / "predictions"
     output.mkdir()
     half = len(rows) // 2  # a batch job writes several files
@@ -215,7 +254,10 @@ def test_flip_tta_averages_the_photo_and_its_mirror(artifacts, demo_tree):
     predictor = Predictor(artifacts["custom_cnn"])
     path = read_labelled_tree(str(demo_tree)).paths[0]
     photo = np.array(load_array(open(path, "rb").read(), IMAGE_SIZE))  # writable, as torch wants
-    expected = (predictor.predict_probabilities(photo[None]) + predictor.predict_probabilities(np.ascontiguousarray(photo[None, :, ::-1]))) / 2
+    expected = (
+        predictor.predict_probabilities(photo[None])
+        + predictor.predict_probabilities(np.ascontiguousarray(photo[None, :, ::-1]))
+    ) / 2
     probabilities, kept, _ = predict_paths(Predictor(artifacts["custom_cnn"], tta=True), [path])
     assert kept == [0]
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
@@ -228,20 +270,33 @@ def test_report_has_every_file_picture_and_names_the_best_model(artifacts, tmp_p
     output = tmp_path / "report"
     report = write_report([artifacts["custom_cnn"], artifacts["barely_trained"]], str(output), samples=6)
 
-    names = ["per_class_f1.png", "curves_custom_cnn.png", "curves_barely_trained.png", "confusion_custom_cnn.png",
-             "confusion_barely_trained.png", "samples_custom_cnn.png", "samples_barely_trained.png"]
+    names = [
+        "per_class_f1.png",
+        "curves_custom_cnn.png",
+        "curves_barely_trained.png",
+        "confusion_custom_cnn.png",
+        "confusion_barely_trained.png",
+        "samples_custom_cnn.png",
+        "samples_barely_trained.png",
+    ]
     for name in ["report.md", "report.html", "metrics.json", *names]:
         assert (output / name).is_file(), name
     # Every PNG decodes, at the size its layout gives it (100 dpi).
-    expected_sizes = {"per_class_f1.png": (1150, 480), "curves_custom_cnn.png": (1500, 440), "confusion_custom_cnn.png": (880, 840),
-                      "samples_custom_cnn.png": sample_grid_pixels(6)}
+    expected_sizes = {
+        "per_class_f1.png": (1150, 480),
+        "curves_custom_cnn.png": (1500, 440),
+        "confusion_custom_cnn.png": (880, 840),
+        "samples_custom_cnn.png": sample_grid_pixels(6),
+    }
     assert sample_grid_pixels(6) == (690, 590)  # 3 columns x 2 rows of photos
     for name in names:
         assert _png_size(output / name) == expected_sizes.get(name.replace("barely_trained", "custom_cnn"))
 
     # The HTML is self-contained: every picture embedded, byte for byte; no link to a file.
     page = (output / "report.html").read_text()
-    embedded = [base64.b64decode(data) for data in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    embedded = [
+        base64.b64decode(data) for data in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    ]
     assert len(embedded) == len(names)
     assert sorted(embedded) == sorted((output / name).read_bytes() for name in names)
     assert not re.search(r'src="(?!data:)', page)
@@ -255,7 +310,10 @@ def test_report_has_every_file_picture_and_names_the_best_model(artifacts, tmp_p
     trained, barely = report.evaluations
     assert trained.metrics["macro_f1"] > barely.metrics["macro_f1"]
     assert report.best_model == "custom_cnn"
-    assert f"{trained.metrics['macro_f1']:.3f}" in report.best_reason and f"{barely.metrics['macro_f1']:.3f}" in report.best_reason
+    assert (
+        f"{trained.metrics['macro_f1']:.3f}" in report.best_reason
+        and f"{barely.metrics['macro_f1']:.3f}" in report.best_reason
+    )
     assert report.best_reason in markdown
     summary = json.loads((output / "metrics.json").read_text())
     assert summary["best_model"] == "custom_cnn"
@@ -282,8 +340,22 @@ def test_sample_grid_shows_the_requested_number_of_photos_and_marks_mistakes(art
 
 def test_cli_writes_the_report_with_tta(artifacts, tmp_path, capsys):
     output = tmp_path / "cli-report"
-    code = main(["evaluate", "--model", artifacts["custom_cnn"], "--model", artifacts["barely_trained"],
-                 "--output", str(output), "--samples", "4", "--batch-size", "8", "--tta"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            artifacts["custom_cnn"],
+            "--model",
+            artifacts["barely_trained"],
+            "--output",
+            str(output),
+            "--samples",
+            "4",
+            "--batch-size",
+            "8",
+            "--tta",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert f"Report written to {output / 'report.html'}" in out
@@ -310,7 +382,9 @@ def test_classes_that_differ_from_the_data_are_one_sentence(artifacts, tmp_path,
         evaluate_model(artifacts["custom_cnn"], str(data))
     message = str(error.value)
     assert _one_sentence(message) and "apple" in message and "dog" in message
-    code, err = _cli_error(capsys, "--model", artifacts["custom_cnn"], "--data", str(data), "--output", str(tmp_path / "out"))
+    code, err = _cli_error(
+        capsys, "--model", artifacts["custom_cnn"], "--data", str(data), "--output", str(tmp_path / "out")
+    )
     assert code != 0 and err == f"error: {message}"
     assert not (tmp_path / "out" / "report.html").exists()
 
@@ -331,7 +405,9 @@ def test_empty_data_folder_is_one_sentence(artifacts, tmp_path, capsys):
         write_report([artifacts["custom_cnn"]], str(tmp_path / "out"), data=str(empty))
     message = str(error.value)
     assert _one_sentence(message) and str(empty) in message
-    code, err = _cli_error(capsys, "--model", artifacts["custom_cnn"], "--data", str(empty), "--output", str(tmp_path / "out"))
+    code, err = _cli_error(
+        capsys, "--model", artifacts["custom_cnn"], "--data", str(empty), "--output", str(tmp_path / "out")
+    )
     assert code != 0 and err == f"error: {message}"
 
 
@@ -343,7 +419,12 @@ def test_an_artifact_without_its_training_data_asks_for_data(demo_tree, tmp_path
     moved = _save(model, str(tmp_path / "moved"), tree, history, data_uri=str(tmp_path / "moved-away"))
     for uri in (no_record, moved):
         code, err = _cli_error(capsys, "--model", uri, "--output", str(tmp_path / "out"))
-        assert code != 0 and err.startswith(f"error: '{uri}'" if uri == moved else "error: ") and "--data" in err and "\n" not in err
+        assert (
+            code != 0
+            and err.startswith(f"error: '{uri}'" if uri == moved else "error: ")
+            and "--data" in err
+            and "\n" not in err
+        )
 
 
 def test_a_parquet_output_without_true_labels_is_one_sentence(artifacts, tmp_path):
@@ -352,8 +433,10 @@ def test_a_parquet_output_without_true_labels_is_one_sentence(artifacts, tmp_pat
 
     output = tmp_path / "unlabelled"
     output.mkdir()
-    pq.write_table(pa.Table.from_pylist([{"path": "a.jpg", "label": "dog", "label_index": 0, "confidence": 0.9, "error": None}]),
-                   output / "part-0.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"path": "a.jpg", "label": "dog", "label_index": 0, "confidence": 0.9, "error": None}]),
+        output / "part-0.parquet",
+    )
     with pytest.raises(DataError) as error:
         evaluate_model(artifacts["custom_cnn"], str(output))
     assert _one_sentence(str(error.value)) and "true_label" in str(error.value)

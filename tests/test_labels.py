@@ -6,7 +6,16 @@ from animals10.labels import ANIMALS10_CLASSES, class_name_for_folder, class_nam
 def test_italian_folders_become_english_in_animals10_order():
     folders = ["scoiattolo", "cane", "gatto", "ragno", "pecora", "mucca", "gallina", "farfalla", "elefante", "cavallo"]
     assert class_names_for_folders(folders) == [
-        "dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"
+        "dog",
+        "horse",
+        "elephant",
+        "butterfly",
+        "chicken",
+        "cat",
+        "cow",
+        "sheep",
+        "spider",
+        "squirrel",
     ]
     assert class_names_for_folders(folders) == ANIMALS10_CLASSES
 

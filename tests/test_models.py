@@ -129,11 +129,19 @@ def test_imagenet_classes_of_each_animal_are_the_right_imagenet_classes():
     assert sorted(names) == sorted(ANIMALS10_CLASSES)
     assert (len(names["dog"]), names["dog"][0], names["dog"][-1]) == (118, "Chihuahua", "Mexican hairless")
     assert names["cat"] == ["tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"]
-    assert names["horse"] == ["sorrel", "horse cart"] and names["chicken"] == ["cock", "hen"] and names["squirrel"] == ["fox squirrel"]
+    assert (
+        names["horse"] == ["sorrel", "horse cart"]
+        and names["chicken"] == ["cock", "hen"]
+        and names["squirrel"] == ["fox squirrel"]
+    )
     assert names["elephant"] == ["tusker", "Indian elephant", "African elephant"]
     assert names["cow"] == ["ox", "water buffalo", "bison"] and names["sheep"] == ["ram", "bighorn"]
     assert names["butterfly"] == ["admiral", "ringlet", "monarch", "cabbage butterfly", "sulphur butterfly", "lycaenid"]
-    assert names["spider"][0] == "black and gold garden spider" and names["spider"][-1] == "wolf spider" and len(names["spider"]) == 6
+    assert (
+        names["spider"][0] == "black and gold garden spider"
+        and names["spider"][-1] == "wolf spider"
+        and len(names["spider"]) == 6
+    )
 
 
 def test_head_started_from_imagenet_knows_a_cat_before_any_training():

@@ -46,7 +46,11 @@ def serve_config(port: int, model_uri: str, max_batch_size: int = 8, batch_wait_
     app = values["applications"][0]
     app["args"].update(max_files=MAX_FILES, max_body_mb=MAX_BODY_MB, torch_threads=1)
     deployment = app["deployments"][0]
-    deployment["user_config"] = {"model_uri": model_uri, "max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
+    deployment["user_config"] = {
+        "model_uri": model_uri,
+        "max_batch_size": max_batch_size,
+        "batch_wait_timeout_s": batch_wait_timeout_s,
+    }
     return ServeDeploySchema.model_validate(values)
 
 
@@ -87,7 +91,9 @@ def offline(predictor, data: bytes) -> dict:
 def assert_same_prediction(online: dict, expected: dict) -> None:
     assert online["label"] == expected["label"]
     assert [t["label"] for t in online["top_k"]] == [t["label"] for t in expected["top_k"]]
-    np.testing.assert_allclose([t["prob"] for t in online["top_k"]], [t["prob"] for t in expected["top_k"]], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        [t["prob"] for t in online["top_k"]], [t["prob"] for t in expected["top_k"]], rtol=0, atol=1e-6
+    )
     assert online["confidence"] == pytest.approx(expected["confidence"], abs=1e-6)
 
 
@@ -187,9 +193,15 @@ def test_bad_input_is_answered_with_a_json_error_and_the_server_carries_on(serve
         "not an image": (415, dict(content=b"this is not a photo" * 10, headers={"content-type": "image/jpeg"})),
         "truncated photo": (400, dict(content=good[: len(good) // 2], headers={"content-type": "image/jpeg"})),
         "decompression bomb": (413, dict(content=bomb_png(), headers={"content-type": "image/png"})),
-        "too many files": (400, dict(files=[("files", (f"{i}.jpg", good, "image/jpeg")) for i in range(MAX_FILES + 1)])),
+        "too many files": (
+            400,
+            dict(files=[("files", (f"{i}.jpg", good, "image/jpeg")) for i in range(MAX_FILES + 1)]),
+        ),
         "multipart without files": (400, dict(data={"note": "no photo"}, files=[("empty", ("", b"", "text/plain"))])),
-        "a bad file among good ones": (415, dict(files=[("files", ("a.jpg", good, "image/jpeg")), ("files", ("b.txt", b"text", "text/plain"))])),
+        "a bad file among good ones": (
+            415,
+            dict(files=[("files", ("a.jpg", good, "image/jpeg")), ("files", ("b.txt", b"text", "text/plain"))]),
+        ),
     }
     messages = {}
     for name, (status, request) in cases.items():
@@ -205,7 +217,9 @@ def test_bad_input_is_answered_with_a_json_error_and_the_server_carries_on(serve
     assert "limit" in assert_error(response, body)
 
     # Over the body limit, chunked: stopped once the limit is passed, before the body ends.
-    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"\xff" * 65536
     chunks = [b"%x\r\n" % len(chunk) + chunk + b"\r\n"] * (int(MAX_BODY_MB * 1e6) // len(chunk) + 2)
     response, body = raw_http(port, head, chunks)
@@ -263,7 +277,9 @@ def test_reconfiguring_to_another_artifact_rolls_out_the_new_model_in_place(serv
     def keep_sending():
         with httpx.Client(base_url=str(server.base_url), timeout=60) as client:
             while not stop.is_set():
-                statuses.append(client.post("/predict", content=photo_jpeg(7), headers={"content-type": "image/jpeg"}).status_code)
+                statuses.append(
+                    client.post("/predict", content=photo_jpeg(7), headers={"content-type": "image/jpeg"}).status_code
+                )
 
     sender = threading.Thread(target=keep_sending)
     sender.start()

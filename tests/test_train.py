@@ -50,7 +50,9 @@ def test_best_recipe_starts_the_transfer_head_from_imagenet_and_study_at_random(
     "model_name, epochs, augment_size, test_size, cache_decoded, copies",
     [("custom_cnn", 10, 96, 72, None, 2), ("efficientnet_lite0", 4, None, None, False, 1)],
 )
-def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size, cache_decoded, copies):
+def test_two_cpu_workers_learn_the_demo_data(
+    ray_session, demo_tree, tmp_path, model_name, epochs, augment_size, test_size, cache_decoded, copies
+):
     """The CNN's training photos are decoded at 96 px and resized to its 64 px input after augmentation,
     each in two augmented copies per step; it is validated, and then predicts, at 72 px. Its few photos are
     decoded once and kept for every epoch (the default for photos that fit); the transfer model's are
@@ -64,15 +66,31 @@ def test_two_cpu_workers_learn_the_demo_data(ray_session, demo_tree, tmp_path, m
     assert [h["epoch"] for h in trained.history] == list(range(1, epochs + 1))
     # Chance is 10%: the model really learned.
     assert trained.metrics["val_accuracy"] >= 0.5
-    assert validation_accuracy(trained.artifact_uri, demo_tree) == pytest.approx(trained.metrics["val_accuracy"], abs=1e-6)
+    assert validation_accuracy(trained.artifact_uri, demo_tree) == pytest.approx(
+        trained.metrics["val_accuracy"], abs=1e-6
+    )
     card = json.loads((tmp_path / "run" / model_name / "model_card.json").read_text())
-    assert card["training"]["num_workers"] == 2 and card["training"]["image_size"] == 64 and card["training"]["copies"] == copies
+    assert (
+        card["training"]["num_workers"] == 2
+        and card["training"]["image_size"] == 64
+        and card["training"]["copies"] == copies
+    )
     assert card["training"]["decoded_once"] is (cache_decoded is None)
     assert card["preprocessing"]["image_size"] == (test_size or 64)  # what inference feeds the model
     assert card["data"]["num_val"] == 20 and card["data"]["class_counts"]["dog"] == 12
-    assert sum(h["num_train_images"] for h in trained.history) == epochs * (card["data"]["num_train"])  # photos, not copies
+    assert (
+        sum(h["num_train_images"] for h in trained.history) == epochs * (card["data"]["num_train"])
+    )  # photos, not copies
     history = json.loads((tmp_path / "run" / model_name / "history.json").read_text())
-    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_precision", "val_macro_recall", "lr", "images_per_second"} <= set(history[0])
+    assert {
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_macro_precision",
+        "val_macro_recall",
+        "lr",
+        "images_per_second",
+    } <= set(history[0])
     if model_name == "efficientnet_lite0":
         assert [h["phase"] for h in history] == ["head", "head", "fine_tune", "fine_tune"]
         assert history[-1]["lr"] < history[0]["lr"]
@@ -88,7 +106,9 @@ def test_bad_photos_are_skipped_named_and_counted(ray_session, tmp_path):
     (data / "gatto" / "text.jpg").write_text("not a photo")
     truncated = (data / "mucca" / "mucca_0000.jpg").read_bytes()
     (data / "mucca" / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
-    [trained] = train_models(TrainConfig(data=str(data), output=str(tmp_path / "run"), models=("custom_cnn",), epochs=1, image_size=32))
+    [trained] = train_models(
+        TrainConfig(data=str(data), output=str(tmp_path / "run"), models=("custom_cnn",), epochs=1, image_size=32)
+    )
     card = json.loads((tmp_path / "run" / "custom_cnn" / "model_card.json").read_text())
     assert card["data"]["num_skipped"] == 3
     assert sorted(Path(p).name for p in card["data"]["skipped_files"]) == ["text.jpg", "truncated.jpg", "zero.jpg"]
@@ -97,7 +117,9 @@ def test_bad_photos_are_skipped_named_and_counted(ray_session, tmp_path):
 
 
 def test_a_restarted_run_resumes_from_its_latest_checkpoint(ray_session, demo_tree, tmp_path):
-    config = TrainConfig(data=str(demo_tree), output=str(tmp_path / "run"), models=("custom_cnn",), epochs=2, image_size=32)
+    config = TrainConfig(
+        data=str(demo_tree), output=str(tmp_path / "run"), models=("custom_cnn",), epochs=2, image_size=32
+    )
     [first] = train_models(config)
     # The same run started again (same output) with more epochs to go continues at epoch 3.
     [second] = train_models(config.with_overrides(epochs=4))
@@ -111,14 +133,18 @@ def test_a_restarted_run_resumes_from_its_latest_checkpoint(ray_session, demo_tr
 
 def test_a_transfer_run_resumes_across_its_phase_switch(ray_session, demo_tree, tmp_path):
     """Stopped after the head-only phase, restarted: fine-tuning starts with its own optimizer."""
-    config = TrainConfig(data=str(demo_tree), output=str(tmp_path / "run"), models=("efficientnet_lite0",), epochs=1, image_size=32)
+    config = TrainConfig(
+        data=str(demo_tree), output=str(tmp_path / "run"), models=("efficientnet_lite0",), epochs=1, image_size=32
+    )
     train_models(config)
     [resumed] = train_models(config.with_overrides(epochs=2))
     assert [(h["epoch"], h["phase"]) for h in resumed.history] == [(1, "head"), (2, "fine_tune")]
     assert resumed.history[1]["lr"] == pytest.approx(config.fine_tune_lr)
 
 
-def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_statistics(ray_session, demo_tree, tmp_path):
+def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_statistics(
+    ray_session, demo_tree, tmp_path
+):
     import torch
 
     from animals10.artifact import load_model
@@ -130,7 +156,9 @@ def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_sta
     )  # fmt: skip
     [trained] = train_models(config)
     assert [h["phase"] for h in trained.history] == ["head", "fine_tune", "fine_tune"]
-    assert trained.history[-1]["val_loss"] > min(h["val_loss"] for h in trained.history)  # not the best epoch: kept anyway
+    assert trained.history[-1]["val_loss"] > min(
+        h["val_loss"] for h in trained.history
+    )  # not the best epoch: kept anyway
     assert trained.metrics["kept_epoch"] == 3 and trained.metrics["val_loss"] == trained.history[-1]["val_loss"]
     model = load_model(trained.artifact_uri, "cpu").model
     imagenet = create_model("efficientnet_lite0", 10, pretrained=True)
@@ -177,7 +205,10 @@ def make_one_class_tree(root):
         (["--data", "{tmp}/empty"], "No images were found"),
         (["--data", "{tmp}/one-class"], "Only one class folder"),
         (["--data", "{tmp}/one-class", "--model", "resnet9000"], "invalid choice"),
-        (["--data", "s3://no-such-bucket-anywhere/raw-img", "--s3-endpoint", "http://127.0.0.1:9"], "Cannot reach the S3 endpoint"),
+        (
+            ["--data", "s3://no-such-bucket-anywhere/raw-img", "--s3-endpoint", "http://127.0.0.1:9"],
+            "Cannot reach the S3 endpoint",
+        ),
         (["--data", "{demo}", "--model", "mobilenet_v2"], "MobileNetV2's ImageNet weights"),
     ],
 )

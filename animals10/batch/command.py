@@ -40,8 +40,12 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-list",
         help="manifest of photo URIs: a text, CSV or Parquet file, a folder or s3:// prefix of them, or an S3 Inventory manifest.json",
     )
-    parser.add_argument("--output", required=True, help="folder or s3:// prefix for the Parquet parts and _summary.json")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="photos per inference call")
+    parser.add_argument(
+        "--output", required=True, help="folder or s3:// prefix for the Parquet parts and _summary.json"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.batch_size, help="photos per inference call"
+    )
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
@@ -50,16 +54,56 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model replicas: N, or MIN MAX to autoscale (default: 1 to one per GPU, or 1 without GPUs)",
     )
-    parser.add_argument("--num-gpus", type=_non_negative_float, default=None, help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)")
-    parser.add_argument("--cpus-per-replica", type=_non_negative_float, default=defaults.num_cpus_per_actor, help="CPUs reserved per model replica")
-    parser.add_argument("--cpus-per-decode-task", type=_non_negative_float, default=defaults.num_cpus_per_decode_task, help="CPUs reserved per decoding task")
+    parser.add_argument(
+        "--num-gpus",
+        type=_non_negative_float,
+        default=None,
+        help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)",
+    )
+    parser.add_argument(
+        "--cpus-per-replica",
+        type=_non_negative_float,
+        default=defaults.num_cpus_per_actor,
+        help="CPUs reserved per model replica",
+    )
+    parser.add_argument(
+        "--cpus-per-decode-task",
+        type=_non_negative_float,
+        default=defaults.num_cpus_per_decode_task,
+        help="CPUs reserved per decoding task",
+    )
     parser.add_argument("--top-k", type=_positive_int, default=defaults.top_k, help="classes listed per photo in top_k")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average each photo's probabilities with its mirror's")
-    parser.add_argument("--rows-per-file", type=_positive_int, default=defaults.rows_per_file, help="rows per Parquet part (the shard size)")
-    parser.add_argument("--resume", action="store_true", help="keep the parts already under --output and classify only the shards they lack")
-    parser.add_argument("--decode", choices=DECODE_MODES, default=defaults.decode, help="where JPEGs are decoded (gpu, mixed: nvJPEG on the replica's GPU)")
-    parser.add_argument("--gpu-share", type=_share, default=defaults.gpu_share, help="with --decode mixed: the share of JPEGs decoded on the GPU")
-    parser.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average each photo's probabilities with its mirror's",
+    )
+    parser.add_argument(
+        "--rows-per-file",
+        type=_positive_int,
+        default=defaults.rows_per_file,
+        help="rows per Parquet part (the shard size)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the parts already under --output and classify only the shards they lack",
+    )
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default=defaults.decode,
+        help="where JPEGs are decoded (gpu, mixed: nvJPEG on the replica's GPU)",
+    )
+    parser.add_argument(
+        "--gpu-share",
+        type=_share,
+        default=defaults.gpu_share,
+        help="with --decode mixed: the share of JPEGs decoded on the GPU",
+    )
+    parser.add_argument(
+        "--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -70,7 +114,11 @@ def format_summary(summary: JobSummary) -> str:
         + (f"   duplicates left out: {summary.duplicates}" if summary.duplicates else ""),
         "Per class: " + ", ".join(f"{k} {v}" for k, v in summary.per_class.items()),
         f"This run: {summary.processed_this_run} photos in {summary.wall_time_s:.1f} s ({summary.images_per_second:.1f} images/s"
-        + (f", {summary.steady_images_per_second:.1f} images/s after the first part" if summary.steady_images_per_second else "")
+        + (
+            f", {summary.steady_images_per_second:.1f} images/s after the first part"
+            if summary.steady_images_per_second
+            else ""
+        )
         + ")"
         + (f"; {summary.already_done} were already done" if summary.already_done else ""),
     ]
@@ -81,7 +129,11 @@ def run_infer(args: argparse.Namespace) -> int:
     if args.concurrency is not None and (len(args.concurrency) > 2 or args.concurrency[0] > args.concurrency[-1]):
         raise Animals10Error("--concurrency takes N replicas, or MIN MAX with MIN at most MAX.")
     storage.set_s3_endpoint(args.s3_endpoint)
-    concurrency = None if args.concurrency is None else (args.concurrency[0] if len(args.concurrency) == 1 else tuple(args.concurrency))
+    concurrency = (
+        None
+        if args.concurrency is None
+        else (args.concurrency[0] if len(args.concurrency) == 1 else tuple(args.concurrency))
+    )
     config = BatchConfig(
         model_uri=args.model,
         input_uri=args.input,

@@ -17,8 +17,8 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from animals10 import storage
 from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
@@ -124,7 +124,9 @@ def replicas(config: BatchConfig) -> tuple[float, int, int]:
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = config.num_gpus if config.num_gpus is not None else (1.0 if cluster_gpus > 0 else 0.0)
     if num_gpus > 0 and cluster_gpus < num_gpus:
-        raise Animals10Error(f"--num-gpus {num_gpus:g} asks for more GPUs per replica than the cluster has ({cluster_gpus:g}).")
+        raise Animals10Error(
+            f"--num-gpus {num_gpus:g} asks for more GPUs per replica than the cluster has ({cluster_gpus:g})."
+        )
     if isinstance(config.concurrency, int):
         return num_gpus, config.concurrency, config.concurrency
     if config.concurrency is not None:
@@ -140,7 +142,9 @@ DECODE_WORKER_BASE_MEMORY = 256 * 2**20  # Python, NumPy, Pillow, Arrow and Ray 
 def decode_task_memory(config: BatchConfig, image_size: int) -> int:
     """Bytes a decode task may need at peak: its process, the largest photo allowed decoded (3 bytes a
     pixel), and its shard's pixels three times (the array, its bytes, the Arrow column)."""
-    return int(DECODE_WORKER_BASE_MEMORY + config.max_pixels * 3 + 3 * config.rows_per_file * image_size * image_size * 3)
+    return int(
+        DECODE_WORKER_BASE_MEMORY + config.max_pixels * 3 + 3 * config.rows_per_file * image_size * image_size * 3
+    )
 
 
 def ensure_ray() -> None:
@@ -152,11 +156,15 @@ def ensure_ray() -> None:
 
 def plan_input(config: BatchConfig, class_names: list[str]) -> Plan:
     if (config.input_uri is None) == (config.input_list is None):
-        raise DataError("Name the photos with exactly one of --input (a folder or s3:// prefix) and --input-list (a manifest).")
+        raise DataError(
+            "Name the photos with exactly one of --input (a folder or s3:// prefix) and --input-list (a manifest)."
+        )
     return plan_manifest(config.input_list) if config.input_list else plan_tree(config.input_uri, class_names)
 
 
-def classify_images(config: BatchConfig, on_part_written: Callable[[str], None] | None = None, plan: Plan | None = None) -> JobSummary:
+def classify_images(
+    config: BatchConfig, on_part_written: Callable[[str], None] | None = None, plan: Plan | None = None
+) -> JobSummary:
     """Runs the job described by `config`; returns (and writes to `_summary.json`) its summary.
 
     `plan` replaces the input's own plan (tests use it to control listing); `on_part_written(part_uri)`
@@ -170,7 +178,9 @@ def classify_images(config: BatchConfig, on_part_written: Callable[[str], None] 
     job = {"model": card.id, "input": plan.input, "rows_per_part": config.rows_per_file}
     existing = first_part(config.output_uri)
     if existing and not config.resume:
-        raise DataError(f"'{config.output_uri}' already holds prediction parts; pass --resume to complete them, or choose an empty --output.")
+        raise DataError(
+            f"'{config.output_uri}' already holds prediction parts; pass --resume to complete them, or choose an empty --output."
+        )
     if existing:
         check_same_job(read_part_stats(existing), job, existing)
     summary = JobSummary(model=card.id, input=plan.input, output=config.output_uri, true_label=plan.labelled)
@@ -179,20 +189,35 @@ def classify_images(config: BatchConfig, on_part_written: Callable[[str], None] 
     _run_pipeline(config, plan, job, card.preprocessing.image_size, totals, summary, started, on_part_written)
 
     summary.files_seen, summary.duplicates, summary.parts = totals.rows, totals.duplicates, totals.parts
-    summary.already_done, summary.processed_this_run, summary.parts_written = totals.skipped_rows, totals.new_rows, totals.new_parts
+    summary.already_done, summary.processed_this_run, summary.parts_written = (
+        totals.skipped_rows,
+        totals.new_rows,
+        totals.new_parts,
+    )
     summary.classified = sum(totals.labels.values())
     summary.failed = sum(totals.errors.values())
     summary.failed_by_kind = {kind: totals.errors[kind] for kind in sorted(totals.errors)}
     summary.per_class = {name: totals.labels.get(name, 0) for name in card.class_names}
     summary.wall_time_s = round(time.perf_counter() - started, 3)
-    summary.images_per_second = round(summary.processed_this_run / summary.wall_time_s, 2) if summary.wall_time_s else 0.0
+    summary.images_per_second = (
+        round(summary.processed_this_run / summary.wall_time_s, 2) if summary.wall_time_s else 0.0
+    )
     summary.complete = True  # the pipeline ended without an error: every shard reported its part
     summary.finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     storage.write_bytes(storage.join(config.output_uri, SUMMARY_FILE), json.dumps(summary.to_dict(), indent=2).encode())
     return summary
 
 
-def _run_pipeline(config: BatchConfig, plan: Plan, job: dict, image_size: int, totals: _Totals, summary: JobSummary, started: float, on_part_written) -> None:
+def _run_pipeline(
+    config: BatchConfig,
+    plan: Plan,
+    job: dict,
+    image_size: int,
+    totals: _Totals,
+    summary: JobSummary,
+    started: float,
+    on_part_written,
+) -> None:
     import ray
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
     from tqdm import tqdm
@@ -216,7 +241,13 @@ def _run_pipeline(config: BatchConfig, plan: Plan, job: dict, image_size: int, t
             num_cpus=LISTING_TASK_CPUS,
             compute=TaskPoolStrategy(size=listing_tasks(len(plan.units))),
             udf_modifying_row_count=True,
-            fn_kwargs={"output_uri": config.output_uri, "rows_per_part": config.rows_per_file, "resume": config.resume, "expected": job, "s3_endpoint": endpoint},
+            fn_kwargs={
+                "output_uri": config.output_uri,
+                "rows_per_part": config.rows_per_file,
+                "resume": config.resume,
+                "expected": job,
+                "s3_endpoint": endpoint,
+            },
         )
         ds = ds.map_batches(
             decode_shard,
@@ -227,7 +258,12 @@ def _run_pipeline(config: BatchConfig, plan: Plan, job: dict, image_size: int, t
             # memory also keeps decoding in its own tasks: Ray Data fuses map steps whose resource
             # requests are equal, and fused into the replicas, decoding would run in series with inference.
             memory=decode_task_memory(config, image_size),
-            fn_kwargs={"image_size": image_size, "max_pixels": config.max_pixels, "gpu_share": gpu_share, "s3_endpoint": endpoint},
+            fn_kwargs={
+                "image_size": image_size,
+                "max_pixels": config.max_pixels,
+                "gpu_share": gpu_share,
+                "s3_endpoint": endpoint,
+            },
         )
         ds = ds.map_batches(
             ClassifyShard,
@@ -236,7 +272,9 @@ def _run_pipeline(config: BatchConfig, plan: Plan, job: dict, image_size: int, t
             # On a GPU a shard takes well under a second: a second one in flight per replica brings its
             # pixels while the first is classified. On CPUs a shard takes seconds, and one at a time
             # spreads the last shards of a job over all replicas instead of queueing them at one.
-            compute=ActorPoolStrategy(min_size=fewest, max_size=most, max_tasks_in_flight_per_actor=2 if num_gpus > 0 else 1),
+            compute=ActorPoolStrategy(
+                min_size=fewest, max_size=most, max_tasks_in_flight_per_actor=2 if num_gpus > 0 else 1
+            ),
             num_gpus=num_gpus,
             num_cpus=config.num_cpus_per_actor,
             fn_constructor_kwargs={
@@ -257,7 +295,9 @@ def _run_pipeline(config: BatchConfig, plan: Plan, job: dict, image_size: int, t
         context.target_max_block_size, context.enable_progress_bars = saved
 
 
-def _collect(ds, config: BatchConfig, totals: _Totals, summary: JobSummary, started: float, on_part_written, tqdm) -> None:
+def _collect(
+    ds, config: BatchConfig, totals: _Totals, summary: JobSummary, started: float, on_part_written, tqdm
+) -> None:
     """Adds up the counts as shards report them; one progress bar, in photos."""
     first_part_at, first_rows = None, 0
     bar = tqdm(unit="img", desc="classifying", disable=not config.progress, mininterval=1.0)
@@ -276,7 +316,9 @@ def _collect(ds, config: BatchConfig, totals: _Totals, summary: JobSummary, star
     finally:
         bar.close()
     if totals.skipped_rows:
-        logger.info("Resumed: %d photos in %d part(s) were already done.", totals.skipped_rows, totals.parts - totals.new_parts)
+        logger.info(
+            "Resumed: %d photos in %d part(s) were already done.", totals.skipped_rows, totals.parts - totals.new_parts
+        )
     elapsed = time.perf_counter() - first_part_at if first_part_at is not None else 0.0
     if elapsed > 0 and totals.new_rows > first_rows:
         summary.steady_images_per_second = round((totals.new_rows - first_rows) / elapsed, 2)

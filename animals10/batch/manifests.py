@@ -6,9 +6,9 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote_plus
 
 import pyarrow as pa
@@ -41,7 +41,9 @@ def inventory_files(manifest_uri: str) -> list[ManifestFile]:
         keys = [f["key"] for f in manifest["files"]]
         file_format = str(manifest["fileFormat"]).lower()
     except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"'{manifest_uri}' is not an S3 Inventory manifest.json ({type(error).__name__}: {error}).") from error
+        raise DataError(
+            f"'{manifest_uri}' is not an S3 Inventory manifest.json ({type(error).__name__}: {error})."
+        ) from error
     if storage.is_s3(manifest_uri):
         bucket = str(manifest.get("destinationBucket", "")).rsplit(":", 1)[-1] or storage.split_s3(manifest_uri)[0]
         uris = [f"s3://{bucket}/{key}" for key in keys]
@@ -51,11 +53,15 @@ def inventory_files(manifest_uri: str) -> list[ManifestFile]:
     if file_format == "csv":
         names = tuple(name.strip().lower() for name in str(manifest.get("fileSchema", "Bucket, Key")).split(","))
         if not set(INVENTORY_COLUMNS) <= set(names):
-            raise DataError(f"The inventory '{manifest_uri}' has no Bucket and Key columns (fileSchema: {manifest.get('fileSchema')}).")
+            raise DataError(
+                f"The inventory '{manifest_uri}' has no Bucket and Key columns (fileSchema: {manifest.get('fileSchema')})."
+            )
         return [ManifestFile(u, "csv", INVENTORY_COLUMNS, csv_names=names, url_encoded_keys=True) for u in uris]
     if file_format == "parquet":
         return [ManifestFile(u, "parquet", INVENTORY_COLUMNS) for u in uris]
-    raise DataError(f"The inventory '{manifest_uri}' is in {manifest['fileFormat']} format; configure the inventory as CSV or Parquet.")
+    raise DataError(
+        f"The inventory '{manifest_uri}' is in {manifest['fileFormat']} format; configure the inventory as CSV or Parquet."
+    )
 
 
 def describe_manifest(uri: str) -> ManifestFile:
@@ -108,7 +114,9 @@ def _csv_manifest(uri: str, first_line: str) -> ManifestFile:
         return ManifestFile(uri, "csv", columns)
     fields = next(csv.reader([first_line], delimiter=_delimiter(uri)), [])
     if fields and _looks_like_uri(fields[0]):  # no header: the URIs are the first column
-        return ManifestFile(uri, "csv", ("path",), csv_names=("path",) + tuple(f"column{i}" for i in range(1, len(fields))))
+        return ManifestFile(
+            uri, "csv", ("path",), csv_names=("path",) + tuple(f"column{i}" for i in range(1, len(fields)))
+        )
     if len(fields) >= 2 and first_line.startswith('"'):  # no header, every field quoted: an S3 Inventory data file
         names = INVENTORY_COLUMNS + tuple(f"column{i}" for i in range(2, len(fields)))
         return ManifestFile(uri, "csv", INVENTORY_COLUMNS, csv_names=names, url_encoded_keys=True)
@@ -130,7 +138,9 @@ def _parquet_manifest(uri: str) -> ManifestFile:
             return ManifestFile(uri, "parquet", (lower[name],))
     if set(INVENTORY_COLUMNS) <= set(lower):
         return ManifestFile(uri, "parquet", tuple(lower[c] for c in INVENTORY_COLUMNS))
-    raise DataError(f"The manifest '{uri}' has no path column (it has {', '.join(names)}); name one path or uri, or bucket and key.")
+    raise DataError(
+        f"The manifest '{uri}' has no path column (it has {', '.join(names)}); name one path or uri, or bucket and key."
+    )
 
 
 def _looks_like_uri(text: str) -> bool:
@@ -165,7 +175,7 @@ def _checked(text: str, uri: str, number: int) -> tuple[str, str]:
     if not text:
         return "", f"invalid: row {number} of {uri} is empty"
     if text.startswith("file://"):
-        text = text[len("file://"):]
+        text = text[len("file://") :]
     if text.startswith("s3://") and "/" in text[5:] and not text[5:].startswith("/") and not text.endswith("/"):
         return text, ""
     if text.startswith("/") and not text.endswith("/"):
@@ -202,7 +212,9 @@ def _record_batches(manifest: ManifestFile) -> Iterator[pa.RecordBatch]:
     if manifest.format == "parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.ParquetFile(storage.open_random_access(manifest.uri)).iter_batches(columns=list(manifest.columns), batch_size=65536)
+        yield from pq.ParquetFile(storage.open_random_access(manifest.uri)).iter_batches(
+            columns=list(manifest.columns), batch_size=65536
+        )
         return
     import pyarrow.csv as pacsv
 
@@ -214,10 +226,15 @@ def _record_batches(manifest: ManifestFile) -> Iterator[pa.RecordBatch]:
         header = next(csv.reader([_first_line(manifest.uri)], delimiter=delimiter))
         lower = {h.strip().lower(): h for h in header}
         wanted = [lower[c] for c in manifest.columns]
-    convert = pacsv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted}, strings_can_be_null=False)
+    convert = pacsv.ConvertOptions(
+        include_columns=wanted, column_types={c: pa.string() for c in wanted}, strings_can_be_null=False
+    )
     try:
         reader = pacsv.open_csv(
-            storage.open_stream(manifest.uri), read_options=read, parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=convert
+            storage.open_stream(manifest.uri),
+            read_options=read,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=convert,
         )
         for batch in reader:
             yield batch

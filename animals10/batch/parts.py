@@ -66,11 +66,15 @@ def read_part_stats(uri: str) -> dict | None:
     try:
         metadata = pq.read_schema(file).metadata or {}
     except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"'{uri}' is not a readable part of this job's output ({error}); delete it and run again with --resume.") from error
+        raise DataError(
+            f"'{uri}' is not a readable part of this job's output ({error}); delete it and run again with --resume."
+        ) from error
     finally:
         file.close()
     if METADATA_KEY not in metadata:
-        raise DataError(f"'{uri}' was written by an older version of animals10, which resumes differently; choose an empty --output.")
+        raise DataError(
+            f"'{uri}' was written by an older version of animals10, which resumes differently; choose an empty --output."
+        )
     return json.loads(metadata[METADATA_KEY])
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from animals10 import storage
 from animals10.batch.manifests import ManifestFile, describe_manifest, inventory_files, manifest_rows
@@ -98,12 +98,14 @@ def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
     if storage.is_s3(input_uri):
         root = input_uri.rstrip("/") + "/"
         folders = list(storage.s3_subfolders(root))
-        names = [f[len(root):].rstrip("/") for f in folders]
+        names = [f[len(root) :].rstrip("/") for f in folders]
         top_photos = any(_is_photo(p) for page in storage.iter_s3_objects(root, recursive=False) for p in page)
     else:
         path = Path(input_uri).expanduser().resolve()
         if path.is_file():
-            raise DataError(f"'{input_uri}' is a file, not a folder; to classify a list of photos, pass it as --input-list.")
+            raise DataError(
+                f"'{input_uri}' is a file, not a folder; to classify a list of photos, pass it as --input-list."
+            )
         if not path.exists():
             raise DataError(f"No images were found under '{input_uri}': it does not exist.")
         root = str(path)
@@ -121,7 +123,11 @@ def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
     for g in range(groups):
         lo, hi = g * len(folders) // groups, (g + 1) * len(folders) // groups
         units.append(
-            Unit(key=_key("\n".join(names[lo:hi])), folders=tuple(folders[lo:hi]), labels=tuple(labels[lo:hi]) if labelled else ())
+            Unit(
+                key=_key("\n".join(names[lo:hi])),
+                folders=tuple(folders[lo:hi]),
+                labels=tuple(labels[lo:hi]) if labelled else (),
+            )
         )
     plan = Plan(root.rstrip("/"), units, labelled)
     if not top_photos and not any(_has_photo(folder) for folder in folders):
@@ -222,5 +228,3 @@ def _tree_paths(unit: Unit, page_size: int) -> Iterator[tuple[str, str]]:
                 yield from ((p, label) for p in page if _is_photo(p))
         else:
             yield from ((p, label) for p in storage.walk_local(folder, recursive=recursive) if _is_photo(p))
-
-

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -95,7 +95,11 @@ def check_same_job(stats: dict, expected: dict, uri: str) -> None:
 
 
 def decode_shard(
-    shards: pa.Table, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, gpu_share: float = 0.0, s3_endpoint: str | None = None
+    shards: pa.Table,
+    image_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    gpu_share: float = 0.0,
+    s3_endpoint: str | None = None,
 ) -> pa.Table:
     """Ray Data step 2 (CPU tasks): reads and decodes every photo of each shard at the model's size.
 
@@ -124,7 +128,9 @@ def decode_shard(
         pixels.append(images.tobytes())
         jpegs.append(blobs)
         errors.append(shard_errors)
-    out = shards.set_column(shards.schema.get_field_index("errors"), SHARD_FIELDS[2], pa.array(errors, SHARD_FIELDS[2].type))
+    out = shards.set_column(
+        shards.schema.get_field_index("errors"), SHARD_FIELDS[2], pa.array(errors, SHARD_FIELDS[2].type)
+    )
     out = out.append_column(DECODED_FIELDS[0], pa.array(pixels, pa.large_binary()))
     return out.append_column(DECODED_FIELDS[1], pa.array(jpegs, DECODED_FIELDS[1].type))
 
@@ -184,11 +190,12 @@ class ClassifyShard:
         good = [i for i, e in enumerate(errors) if not e]
         described: list[dict] = []
         for start in range(0, len(good), self.batch_size):
-            chunk = good[start:start + self.batch_size]
+            chunk = good[start : start + self.batch_size]
             described += self.predictor.describe(self.predictor.predict_probabilities(images[chunk]))
         results = dict(zip(good, described))
         columns = {
-            name: [results[i][name] if i in results else None for i in range(len(paths))] for name in ("label", "label_index", "confidence", "top_k")
+            name: [results[i][name] if i in results else None for i in range(len(paths))]
+            for name in ("label", "label_index", "confidence", "top_k")
         }
         columns.update(path=paths, error=[e or None for e in errors], model=[self.predictor.model_id] * len(paths))
         if self.labelled:
@@ -215,7 +222,7 @@ class ClassifyShard:
         decoded: dict[int, np.ndarray] = {}
         if self.gpu_decode:
             for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start:start + self.batch_size]
+                chunk = todo[start : start + self.batch_size]
                 decoded.update(self._decode_on_device([i for i, _ in chunk], [b for _, b in chunk], size))
         for i, data in todo:
             if i in decoded:
@@ -249,7 +256,9 @@ class ClassifyShard:
             if image is None:
                 continue
             # (3, H, W) uint8 on the GPU -> (3, S, S); antialiased bilinear, as Pillow's resize
-            x = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             kept.append(i)
             resized.append(x[0])
         if not resized:
