@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/animals10 demo --output $(DEMO_DIR)
 
-test: install
+# Formatting and lint rules (line length 120) live in pyproject.toml; `make test` runs them first.
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: install lint
 	$(BIN)/python -m pytest tests
 
 clean:

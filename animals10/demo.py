@@ -1,4 +1,4 @@
-"""Demo data and the demo run that `make demo` starts.
+"""Demo data for `make demo` and the tests (the demo run itself is `animals10.cli.demo`).
 
 `write_demo_data` draws a small synthetic photo set in the Animals-10 layout (Italian folder names):
 each class has its own colour scheme and shape, with random placement, size, background and noise,
@@ -64,52 +64,3 @@ def write_demo_data(root: str | Path, images_per_class: int = 30, seed: int = 0)
             draw_demo_photo(index, len(folders), rng).save(root / folder / f"{folder}_{n:04d}.jpg", quality=90)
     logger.info("Wrote %d demo photos to %s", images_per_class * len(folders), root)
     return root
-
-
-def add_demo_data_arguments(parser) -> None:
-    parser.add_argument("output_dir", help="where to write <dir>/<class>/<photo>.jpg")
-    parser.add_argument("--images-per-class", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def run_demo_data(args) -> int:
-    root = write_demo_data(args.output_dir, args.images_per_class, args.seed)
-    print(f"Demo photos written to {root}")
-    return 0
-
-
-def add_demo_arguments(parser) -> None:
-    parser.add_argument("--output", default="runs/demo", help="where the demo data, artifacts and report go")
-    parser.add_argument("--images-per-class", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--image-size", type=int, default=96, help="small for a quick CPU run (the study used 128)")
-
-
-def run_demo(args) -> int:
-    """Demo data -> both models trained with Ray Train (the transfer model pretrained, offline) -> table."""
-    from animals10 import train
-    from animals10.config import recipe_config
-    from animals10.report import write_report
-
-    output = Path(args.output)
-    data_dir = output / "data" / "raw-img"
-    if not data_dir.exists():
-        write_demo_data(data_dir, args.images_per_class)
-    # The study's recipe: the quickest on a CPU (`--recipe best` is the default of jobs/train.py).
-    config = recipe_config(
-        "study",
-        data=str(data_dir),
-        output=str(output / "models"),
-        models=("custom_cnn", "efficientnet_lite0"),
-        epochs=args.epochs,
-        image_size=args.image_size,
-    )
-    models = train.train_models(config)
-    print()
-    print(train.comparison_table(models))
-    for model in models:
-        print(f"{model.name}: artifact in {model.artifact_uri}")
-    report = write_report([m.artifact_uri for m in models], str(output / "report"))
-    print(report.best_reason)
-    print(f"Report: {report.html_uri} (and report.md beside it)")
-    return 0

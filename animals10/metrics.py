@@ -64,11 +64,6 @@ def top_k_hits(probabilities, y_true, k: int) -> np.ndarray:
     return (top == y_true[:, None]).any(axis=1)
 
 
-def top_k_accuracy(probabilities, y_true, k: int) -> float:
-    hits = top_k_hits(probabilities, y_true, k)
-    return float(hits.mean()) if len(hits) else 0.0
-
-
 def most_confused_pairs(matrix: np.ndarray, class_names: list[str], limit: int = 5) -> list[dict]:
     """The largest off-diagonal cells: which true class is most often taken for which other class.
 

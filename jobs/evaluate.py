@@ -2,6 +2,6 @@
 
 import sys
 
-from animals10.cli import main
+from animals10.cli.main import main
 
 sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ Options: `python jobs/infer.py --help`. Run again with `--resume` after an inter
 
 import sys
 
-from animals10.cli import main
+from animals10.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["infer", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ Runs as well on a laptop (`python jobs/train.py --data DIR`), with a local Ray.
 
 import sys
 
-from animals10.cli import main
+from animals10.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -99,5 +99,46 @@ def untrained_artifact(tmp_path_factory):
     return uri
 
 
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, demo_tree):
+    """Two artifacts trained on the demo tree's training split: 'custom_cnn' (trained for a few hundred
+    photo-steps, well above chance) and 'barely_trained' (two steps), each with a history.json."""
+    import torch
+
+    from animals10.card import Preprocessing
+    from animals10.data import read_labelled_tree, split_indices
+    from animals10.imaging import load_array
+    from animals10.models import create_model
+    from animals10.transforms import to_model_input
+    from tests.scoring_helpers import IMAGE_SIZE, SPLIT_SEED, TINY_CNN, VAL_FRACTION, _history, _save
+
+    tree = read_labelled_tree(str(demo_tree))
+    train, _ = split_indices(tree, VAL_FRACTION, SPLIT_SEED)
+    images = torch.as_tensor(np.stack([load_array(open(tree.paths[i], "rb").read(), IMAGE_SIZE) for i in train]))
+    labels = torch.as_tensor([tree.labels[i] for i in train])
+    x = to_model_input(images, Preprocessing(image_size=IMAGE_SIZE))
+    root = tmp_path_factory.mktemp("runs")
+    uris = {}
+    for name, steps in (("custom_cnn", 60), ("barely_trained", 2)):
+        torch.manual_seed(0)
+        model = create_model("custom_cnn", len(tree.class_names), **TINY_CNN)
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(steps):
+            batch = torch.randint(0, len(x), (32,), generator=generator)
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), labels[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        history = (
+            _history([("train", 4, 1e-2), ("train", 2, 1e-3)])
+            if name == "custom_cnn"
+            else _history([("head", 2, 1e-3), ("fine_tune", 3, 1e-4)])
+        )
+        uris[name] = _save(model, str(root / name), tree, history)
+    return uris
+
+
 def random_photo(seed: int = 0, size=(120, 90)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)

@@ -37,9 +37,9 @@ def main(scenario: str, output: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from animals10.config import TrainConfig
     from animals10.demo import write_demo_data
-    from animals10.train import train_models
+    from animals10.training.config import TrainConfig
+    from animals10.training.driver import train_models
 
     # The head only coordinates; the two worker nodes have room for both training workers and
     # decoding, so that either one can carry the run alone.

@@ -32,13 +32,6 @@ def test_round_trip_gives_identical_predictions(tmp_path, name):
     assert {"torch", "python"} <= set(json.loads((tmp_path / name / "model_card.json").read_text())["versions"])
 
 
-def test_describe_gives_top_k(untrained_artifact):
-    predictor = Predictor(untrained_artifact, top_k=3)
-    result = predictor.describe(np.array([[0.1, 0.6, 0.3, 0, 0, 0, 0, 0, 0, 0]]))[0]
-    assert result["label"] == "horse" and result["label_index"] == 1 and result["confidence"] == pytest.approx(0.6)
-    assert [t["label"] for t in result["top_k"]] == ["horse", "elephant", "dog"]
-
-
 def test_missing_or_damaged_artifacts_are_one_sentence(tmp_path, untrained_artifact):
     with pytest.raises(ArtifactError, match="not a model artifact"):
         load_model(str(tmp_path / "nothing-here"))
@@ -50,13 +43,3 @@ def test_missing_or_damaged_artifacts_are_one_sentence(tmp_path, untrained_artif
     (broken / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(ArtifactError, match="damaged"):
         load_model(str(broken))
-
-
-def test_flip_tta_averages_a_photo_and_its_mirror(untrained_artifact):
-    images = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
-    plain = Predictor(untrained_artifact, device="cpu")
-    expected = (plain.predict_probabilities(images) + plain.predict_probabilities(images[:, :, ::-1].copy())) / 2
-    np.testing.assert_allclose(
-        Predictor(untrained_artifact, device="cpu", tta=True).predict_probabilities(images), expected, atol=1e-6
-    )
-    assert not np.allclose(expected, plain.predict_probabilities(images), atol=1e-6)

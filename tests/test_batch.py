@@ -19,7 +19,7 @@ from animals10.batch.job import BatchConfig, classify_images
 from animals10.batch.parts import PART_PREFIX, PART_SUFFIX, SUMMARY_FILE, prediction_schema
 from animals10.batch.sources import Shard
 from animals10.batch.steps import ClassifyShard, _shard_table, decode_shard
-from animals10.cli import main
+from animals10.cli.main import main
 from animals10.imaging import load_array
 from animals10.labels import class_name_for_folder
 from tests.conftest import _free_port, jpeg_bytes, random_photo
@@ -598,8 +598,12 @@ def test_an_s3_inventory_in_the_bucket_feeds_the_job(ray_session, untrained_arti
     keys = [storage.split_s3(u)[1] for u in expected]
     data = gzip.compress("".join(f'"{s3_bucket}","{k.replace(" ", "+")}","100"\n' for k in keys).encode())
     storage.write_bytes(f"s3://{s3_bucket}/inventory/photos/all/data/1.csv.gz", data)
-    manifest = {"destinationBucket": f"arn:aws:s3:::{s3_bucket}", "fileFormat": "CSV", "fileSchema": "Bucket, Key, Size",
-                "files": [{"key": "inventory/photos/all/data/1.csv.gz", "size": len(data), "MD5checksum": "x"}]}  # fmt: skip
+    manifest = {
+        "destinationBucket": f"arn:aws:s3:::{s3_bucket}",
+        "fileFormat": "CSV",
+        "fileSchema": "Bucket, Key, Size",
+        "files": [{"key": "inventory/photos/all/data/1.csv.gz", "size": len(data), "MD5checksum": "x"}],
+    }
     storage.write_bytes(
         f"s3://{s3_bucket}/inventory/photos/all/2026-12-01T01-00Z/manifest.json", json.dumps(manifest).encode()
     )

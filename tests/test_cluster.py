@@ -69,8 +69,8 @@ def ray_head(tmp_path):
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
             # Every listening port of its own: the test session's Ray runs beside it.
             *(f"--{name}={_free_port()}" for name in (
-                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-                "node-manager-port", "object-manager-port", "ray-client-server-port",
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                "metrics-export-port", "node-manager-port", "object-manager-port", "ray-client-server-port",
             )),
             f"--temp-dir={temp_dir}", "--num-cpus=3", "--disable-usage-stats",
         ],
@@ -100,7 +100,8 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, demo_tree, tmp_path):
     output = tmp_path / "run"
     submitted = subprocess.run(
         [
-            str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", "train-test", "--working-dir", ".", "--",
+            str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", "train-test",
+            "--working-dir", ".", "--",
             "python", "jobs/train.py", "--data", str(demo_tree), "--model", "custom_cnn", "--epochs", "2",
             "--image-size", "32", "--output", str(output),
         ],
@@ -125,9 +126,9 @@ def test_ray_job_submit_trains_on_a_real_head(ray_head, demo_tree, tmp_path):
 def test_training_reads_and_writes_s3(ray_session, s3_bucket, demo_tree):
     """Data, checkpoints and artifacts in a bucket (the loopback S3 server), as on a multi-node cluster."""
     from animals10 import storage
-    from animals10.config import TrainConfig
     from animals10.predictor import Predictor
-    from animals10.train import train_models
+    from animals10.training.config import TrainConfig
+    from animals10.training.driver import train_models
 
     storage.upload_dir(demo_tree, f"s3://{s3_bucket}/raw-img")
     [trained] = train_models(
@@ -188,14 +189,15 @@ class SlowDownEveryThirdWrite:
             self.num_failed += 1
         return (
             503,
-            b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+            b"<?xml version='1.0'?><Error><Code>SlowDown</Code>"
+            b"<Message>Please reduce your request rate.</Message></Error>",
         )
 
 
 def test_transient_s3_errors_during_checkpointing_are_retried(ray_session, s3_bucket, demo_tree, monkeypatch):
     from animals10 import storage
-    from animals10.config import TrainConfig
-    from animals10.train import train_models
+    from animals10.training.config import TrainConfig
+    from animals10.training.driver import train_models
 
     storage.upload_dir(demo_tree, f"s3://{s3_bucket}/raw-img")
     flaky = SlowDownEveryThirdWrite()

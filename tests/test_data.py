@@ -36,9 +36,9 @@ def test_split_is_the_same_for_a_copy_of_the_tree_elsewhere(tmp_path):
     first = read_labelled_tree(make_tree(tmp_path / "one", {"a": 30, "b": 30}))
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     second = read_labelled_tree(tmp_path / "two")
-    names = lambda tree, idx: sorted(
+    names = lambda tree, idx: sorted(  # noqa: E731
         tree.paths[i].rsplit("/", 2)[-2] + "/" + tree.paths[i].rsplit("/", 1)[-1] for i in idx
-    )  # noqa: E731
+    )
     assert names(first, split_indices(first)[1]) == names(second, split_indices(second)[1])
     assert names(first, split_indices(first, seed=1)[1]) != names(first, split_indices(first, seed=2)[1])
 

@@ -114,7 +114,7 @@ def test_config_file_is_a_valid_serve_config():
 
     config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG_FILE.read_text()))
     app = config.applications[0]
-    assert app.import_path == "animals10.serve:app_builder"
+    assert app.import_path == "animals10.serve.app:app_builder"
     assert set(app.deployments[0].user_config) == {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta"}
 
 

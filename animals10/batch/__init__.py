@@ -5,5 +5,6 @@ manifests  --input-list: text, CSV, Parquet and S3 Inventory manifests, read as 
 parts      the output: one atomically written Parquet part per shard, its counts inside
 steps      the work inside Ray: list shards, decode them, classify and write them
 job        the driver: plan, pipeline, summary
-command    `animals10 infer` and jobs/infer.py
+
+Its command line is `animals10.cli.infer`.
 """

@@ -24,6 +24,7 @@ from animals10 import storage
 from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
 from animals10.batch.sources import Plan, plan_manifest, plan_tree
 from animals10.batch.steps import ClassifyShard, check_same_job, decode_shard, produce_shards
+from animals10.cluster import connect_ray
 from animals10.errors import Animals10Error, DataError
 from animals10.imaging import DEFAULT_MAX_PIXELS
 
@@ -147,13 +148,6 @@ def decode_task_memory(config: BatchConfig, image_size: int) -> int:
     )
 
 
-def ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(configure_logging=False, log_to_driver=True)
-
-
 def plan_input(config: BatchConfig, class_names: list[str]) -> Plan:
     if (config.input_uri is None) == (config.input_list is None):
         raise DataError(
@@ -179,13 +173,14 @@ def classify_images(
     existing = first_part(config.output_uri)
     if existing and not config.resume:
         raise DataError(
-            f"'{config.output_uri}' already holds prediction parts; pass --resume to complete them, or choose an empty --output."
+            f"'{config.output_uri}' already holds prediction parts; pass --resume to complete them, or choose an "
+            "empty --output."
         )
     if existing:
         check_same_job(read_part_stats(existing), job, existing)
     summary = JobSummary(model=card.id, input=plan.input, output=config.output_uri, true_label=plan.labelled)
     totals = _Totals()
-    ensure_ray()
+    connect_ray()
     _run_pipeline(config, plan, job, card.preprocessing.image_size, totals, summary, started, on_part_written)
 
     summary.files_seen, summary.duplicates, summary.parts = totals.rows, totals.duplicates, totals.parts

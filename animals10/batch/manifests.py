@@ -54,13 +54,15 @@ def inventory_files(manifest_uri: str) -> list[ManifestFile]:
         names = tuple(name.strip().lower() for name in str(manifest.get("fileSchema", "Bucket, Key")).split(","))
         if not set(INVENTORY_COLUMNS) <= set(names):
             raise DataError(
-                f"The inventory '{manifest_uri}' has no Bucket and Key columns (fileSchema: {manifest.get('fileSchema')})."
+                f"The inventory '{manifest_uri}' has no Bucket and Key columns (fileSchema: "
+                f"{manifest.get('fileSchema')})."
             )
         return [ManifestFile(u, "csv", INVENTORY_COLUMNS, csv_names=names, url_encoded_keys=True) for u in uris]
     if file_format == "parquet":
         return [ManifestFile(u, "parquet", INVENTORY_COLUMNS) for u in uris]
     raise DataError(
-        f"The inventory '{manifest_uri}' is in {manifest['fileFormat']} format; configure the inventory as CSV or Parquet."
+        f"The inventory '{manifest_uri}' is in {manifest['fileFormat']} format; configure the inventory as CSV or "
+        "Parquet."
     )
 
 
@@ -121,7 +123,8 @@ def _csv_manifest(uri: str, first_line: str) -> ManifestFile:
         names = INVENTORY_COLUMNS + tuple(f"column{i}" for i in range(2, len(fields)))
         return ManifestFile(uri, "csv", INVENTORY_COLUMNS, csv_names=names, url_encoded_keys=True)
     raise DataError(
-        f"The manifest '{uri}' has no path column: name one {', '.join(PATH_COLUMNS)} (or bucket and key) in its header."
+        f"The manifest '{uri}' has no path column: name one {', '.join(PATH_COLUMNS)} (or bucket and key) in its "
+        "header."
     )
 
 
@@ -236,8 +239,7 @@ def _record_batches(manifest: ManifestFile) -> Iterator[pa.RecordBatch]:
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=convert,
         )
-        for batch in reader:
-            yield batch
+        yield from reader
     except (pa.ArrowInvalid, KeyError) as error:
         raise DataError(f"The manifest '{manifest.uri}' is not a readable CSV file ({error}).") from error
 

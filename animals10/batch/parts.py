@@ -73,7 +73,8 @@ def read_part_stats(uri: str) -> dict | None:
         file.close()
     if METADATA_KEY not in metadata:
         raise DataError(
-            f"'{uri}' was written by an older version of animals10, which resumes differently; choose an empty --output."
+            f"'{uri}' was written by an older version of animals10, which resumes differently; choose an empty "
+            "--output."
         )
     return json.loads(metadata[METADATA_KEY])
 

@@ -12,8 +12,9 @@ A unit's photos are cut, in their stable order, into shards of `rows_per_part` r
 smaller (an eighth, a quarter and a half of it: results start flowing early and every replica soon has
 work, as in a slow start); shard k of unit U has the id `<U.key>-<k>` and becomes the output part of
 that name. The same unchanged input and the same `rows_per_part` give the same shards, so a retried
-shard rewrites its own part and a resume skips the finished ones. Planning (the top level of the input, or the list of manifest files) is all that
-runs on the driver; a unit holds no more than one folder's names or one shard at a time.
+shard rewrites its own part and a resume skips the finished ones. Planning (the top level of the input,
+or the list of manifest files) is all that runs on the driver; a unit holds no more than one folder's
+names or one shard at a time.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
     plan = Plan(root.rstrip("/"), units, labelled)
     if not top_photos and not any(_has_photo(folder) for folder in folders):
         raise DataError(
-            f"No images were found under '{input_uri}' (searched recursively for {', '.join(storage.IMAGE_EXTENSIONS)}, any case)."
+            f"No images were found under '{input_uri}' (searched recursively for "
+            f"{', '.join(storage.IMAGE_EXTENSIONS)}, any case)."
         )
     return plan
 

@@ -1,4 +1,4 @@
-"""The training step and evaluation, in plain PyTorch: no Ray here. Batches are dicts of numpy arrays
+"""The training step and validation, in plain PyTorch: no Ray here. Batches are dicts of numpy arrays
 as Ray Data yields them: `image` (B, S, S, 3) uint8, `label` (B,) int, `path` (B,), `error` (B,) str,
 where a non-empty error marks a file that could not be decoded (it is skipped, and named)."""
 
@@ -94,7 +94,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module,
     batches: Iterable[dict],
     preprocessing: Preprocessing,

@@ -1,21 +1,23 @@
-"""Training with Ray Train on a real local Ray: learning, artifacts, resuming, the job script, bad input."""
+"""Training with Ray Train (animals10.training.driver and .worker) on a real local Ray: learning, artifacts,
+resuming, the job script; and what the driver hands each worker."""
 
-import contextlib
 import json
 import os
+import pickle
 import subprocess
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from animals10.cli import main
-from animals10.config import TrainConfig
 from animals10.data import read_labelled_tree, split_indices
 from animals10.imaging import load_array
 from animals10.predictor import Predictor
-from animals10.train import train_models
+from animals10.training.config import RECIPES, TrainConfig
+from animals10.training.driver import train_models
+from animals10.training.worker import WorkerTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +35,10 @@ def validation_accuracy(artifact_uri: str, data_dir) -> float:
 def test_best_recipe_starts_the_transfer_head_from_imagenet_and_study_at_random():
     import torch
 
-    from animals10.config import recipe_config
     from animals10.labels import ANIMALS10_CLASSES
-    from animals10.models import load_efficientnet_lite0_imagenet
-    from animals10.train import initial_model
+    from animals10.models.transfer import load_efficientnet_lite0_imagenet
+    from animals10.training.config import recipe_config
+    from animals10.training.driver import initial_model
 
     imagenet = load_efficientnet_lite0_imagenet().classifier
     cat = ANIMALS10_CLASSES.index("cat")
@@ -58,8 +60,9 @@ def test_two_cpu_workers_learn_the_demo_data(
     decoded once and kept for every epoch (the default for photos that fit); the transfer model's are
     decoded again each epoch."""
     config = TrainConfig(
-        data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64, num_workers=2, batch_size=16,
-        augment_size=augment_size, test_size=test_size, cache_decoded=cache_decoded, copies=copies,
+        data=str(demo_tree), output=str(tmp_path / "run"), models=(model_name,), epochs=epochs, image_size=64,
+        num_workers=2, batch_size=16, augment_size=augment_size, test_size=test_size, cache_decoded=cache_decoded,
+        copies=copies,
     )  # fmt: skip
     [trained] = train_models(config)
     assert len(trained.history) == epochs
@@ -152,7 +155,8 @@ def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_sta
 
     config = TrainConfig(
         data=str(demo_tree), output=str(tmp_path / "run"), models=("efficientnet_lite0",), epochs=3, image_size=32,
-        head_epochs_fraction=0.34, keep="last", freeze_batchnorm=True, fine_tune_lr=0.3,  # fine-tuning this fast spoils the model
+        head_epochs_fraction=0.34, keep="last", freeze_batchnorm=True,
+        fine_tune_lr=0.3,  # fine-tuning this fast spoils the model
     )  # fmt: skip
     [trained] = train_models(config)
     assert [h["phase"] for h in trained.history] == ["head", "fine_tune", "fine_tune"]
@@ -170,12 +174,12 @@ def test_keep_last_saves_the_final_epoch_and_frozen_batchnorm_keeps_imagenet_sta
 
 def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_tree, tmp_path):
     from animals10.artifact import load_model
-    from animals10.models import ScatteringStem
+    from animals10.models.custom_cnn import ScatteringStem
 
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [
-        sys.executable, "jobs/train.py", "--data", str(demo_tree), "--model", "custom_cnn", "--model", "efficientnet_lite0",
-        "--epochs", "1", "--image-size", "32", "--output", str(tmp_path / "run"),
+        sys.executable, "jobs/train.py", "--data", str(demo_tree), "--model", "custom_cnn",
+        "--model", "efficientnet_lite0", "--epochs", "1", "--image-size", "32", "--output", str(tmp_path / "run"),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -190,38 +194,35 @@ def test_train_job_script_writes_both_artifacts_and_the_table(ray_session, demo_
     assert "custom_cnn" in table and "efficientnet_lite0" in table
 
 
-def make_one_class_tree(root):
-    from tests.conftest import jpeg_bytes
+@dataclass(frozen=True)
+class ConfigWithANewOption(TrainConfig):
+    """TrainConfig as it is once someone adds an option to it (at module level: the task must pickle)."""
 
-    (root / "cane").mkdir(parents=True)
-    (root / "cane" / "a.jpg").write_bytes(jpeg_bytes())
-    return root
+    new_option: str = "its default"
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--data", "{tmp}/missing"], "does not exist"),
-        (["--data", "{tmp}/empty"], "No images were found"),
-        (["--data", "{tmp}/one-class"], "Only one class folder"),
-        (["--data", "{tmp}/one-class", "--model", "resnet9000"], "invalid choice"),
-        (
-            ["--data", "s3://no-such-bucket-anywhere/raw-img", "--s3-endpoint", "http://127.0.0.1:9"],
-            "Cannot reach the S3 endpoint",
-        ),
-        (["--data", "{demo}", "--model", "mobilenet_v2"], "MobileNetV2's ImageNet weights"),
-    ],
-)
-def test_bad_input_is_one_sentence_and_a_non_zero_exit(tmp_path, demo_tree, monkeypatch, capsys, args, message):
-    (tmp_path / "empty").mkdir()
-    make_one_class_tree(tmp_path / "one-class")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached MobileNetV2 weights
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    args = [a.format(tmp=tmp_path, demo=demo_tree) for a in args]
-    with pytest.raises(SystemExit) if message == "invalid choice" else contextlib.nullcontext():
-        code = main(["train", *args, "--output", str(tmp_path / "out")])
-        assert code == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    if message != "invalid choice":
-        assert err.startswith("error: ") and err.count("\n") == 1
+def test_the_worker_receives_the_configuration_resolved_for_its_model_whole():
+    """What the driver hands Ray Train for a model's workers holds the configuration `for_model` resolves,
+    as it is: a new option reaches the workers without a line that copies it."""
+    from animals10.data import LabelledTree
+    from animals10.labels import ANIMALS10_CLASSES
+    from animals10.training.driver import worker_task
+
+    config = ConfigWithANewOption(recipe="best", **RECIPES["best"], new_option="given").with_overrides(
+        data="d", lr=0.02, use_gpu=False
+    )
+    paths = [f"d/{name}/{i}.jpg" for name in ANIMALS10_CLASSES for i in range(3)]
+    tree = LabelledTree("d", paths, [i // 3 for i in range(len(paths))], list(ANIMALS10_CLASSES))
+    task = worker_task(config, "custom_cnn", tree, list(range(0, 30, 2)), initial_state="the initial weights")
+
+    assert isinstance(task, WorkerTask) and task.model_name == "custom_cnn"
+    assert task.config == config.for_model("custom_cnn")  # every field, resolved for the model
+    assert type(task.config) is ConfigWithANewOption and task.config.new_option == "given"
+    # Resolved: the recipe's per-model values and the explicit value, not the recipe-wide ones.
+    assert (task.config.image_size, task.config.epochs, task.config.lr, task.config.copies) == (64, 120, 0.02, 4)
+    assert task.class_names == ANIMALS10_CLASSES and len(task.class_weights) == 10  # best weights the loss
+    assert task.initial_state == "the initial weights"
+    # Nothing of the configuration is copied beside it into the task, and the task arrives whole after
+    # the pickling that hands it to the workers.
+    assert not {f.name for f in fields(WorkerTask)} & {f.name for f in fields(TrainConfig)}
+    assert pickle.loads(pickle.dumps(task)) == task

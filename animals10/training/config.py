@@ -1,13 +1,23 @@
-"""Training configuration: every default in one place, and the named recipes.
+"""Training configuration: every default in one place, the named recipes, and how they combine.
 
-`--recipe study` reproduces the original study's settings; `--recipe best` (the default) is the
-stronger recipe. A recipe may set values for one model only (`model_settings`); values given on the
-command line override both. The configuration resolved for each model is saved inside its artifact."""
+Precedence, lowest to highest; `TrainConfig.for_model` resolves one model's values:
+  1. `TrainConfig`'s defaults (the original study's settings);
+  2. the recipe (`RECIPES[name]`: `study` adds nothing, `best` is the stronger recipe);
+  3. the recipe's values for one model (`model_settings`, e.g. custom_cnn at 64 px);
+  4. the command line: a value given there (`with_overrides`, recorded in `explicit`) wins over 2 and 3
+     for every model; an input size given there is also the test size, unless that is given too;
+     augmentation values given there (`with_augmentation`) change every model's augmentation, also one
+     whose recipe sets its own; values for one model given there (`with_model_settings`, e.g.
+     `--scattering` for custom_cnn) go on top of the recipe's values for that model;
+  5. a model's default number of epochs, where nothing above sets one.
+The configuration resolved for each model travels whole to its training workers and is saved in its artifact.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from animals10.card import Preprocessing
 from animals10.models import get_model_spec, list_models
 from animals10.transforms import Augmentation
 
@@ -41,7 +51,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     class_weighting: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"residual": True}
+    model_kwargs: dict = field(default_factory=dict)  # passed to the model's constructor, e.g. {"scattering": 8}
     image_size: int = 128
     augment_size: int | None = (
         None  # training photos decoded and augmented at this size, then resized to image_size: sharper crops
@@ -56,7 +66,9 @@ class TrainConfig:
     plateau_patience: int = 2  # epochs before the learning rate is reduced
     plateau_factor: float = 0.5
     augmentation: Augmentation = field(default_factory=Augmentation)
-    copies: int = 1  # each photo of a training batch in this many differently augmented copies, in one step (batch augmentation, Hoffer et al. 2020)
+    # Each photo of a training batch in this many differently augmented copies, in one step (batch
+    # augmentation, Hoffer et al. 2020).
+    copies: int = 1
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
@@ -80,7 +92,8 @@ class TrainConfig:
             raise ValueError(f"Unknown keep '{self.keep}'; choose one of: {', '.join(KEEP_CHOICES)}.")
         if not 0 < self.val_fraction < 1:
             raise ValueError(
-                f"val_fraction must be above 0 and below 1 (validation needs photos, and so does training), not {self.val_fraction}."
+                "val_fraction must be above 0 and below 1 (validation needs photos, and so does training), not "
+                f"{self.val_fraction}."
             )
         if self.copies < 1:
             raise ValueError(f"copies must be at least 1 (each photo once), not {self.copies}.")
@@ -97,6 +110,11 @@ class TrainConfig:
     def inference_size(self) -> int:
         """The input size of validation and inference, which the artifact records."""
         return self.test_size or self.image_size
+
+    def preprocessing(self, model_name: str) -> Preprocessing:
+        """What validation and inference feed the model (the artifact records it); training runs at image_size."""
+        spec = get_model_spec(model_name)
+        return Preprocessing(self.inference_size, spec.mean, spec.std)
 
     def with_overrides(self, **overrides) -> TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -123,9 +141,7 @@ class TrainConfig:
         )
 
     def for_model(self, model_name: str) -> TrainConfig:
-        """The values that apply to one model: the recipe's for that model on top, the command line's on top
-        of those, and the model's default number of epochs where none is set. A recipe's test size goes with
-        its input size: an input size given on the command line is also the test size, unless that is given too."""
+        """The values that apply to one model, in the precedence the module's docstring lays down."""
         spec = get_model_spec(model_name)
         overridden = {*self.explicit, *(("test_size",) if "image_size" in self.explicit else ())}
         settings = {k: v for k, v in self.model_settings.get(model_name, {}).items() if k not in overridden}

@@ -13,12 +13,12 @@ from animals10.errors import Animals10Error
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "train": ("animals10.train", "train models with Ray Train and write artifacts"),
-    "infer": ("animals10.batch.command", "classify a folder or bucket of photos into Parquet with Ray Data"),
-    "serve": ("animals10.serve", "serve a model over HTTP with Ray Serve"),
-    "evaluate": ("animals10.evaluate", "score models and write the comparison report"),
-    "demo-data": ("animals10.demo", "write a small synthetic labelled photo set"),
-    "demo": ("animals10.demo", "generate demo data, train both models, print the comparison"),
+    "train": ("animals10.cli.train", "train models with Ray Train and write artifacts"),
+    "infer": ("animals10.cli.infer", "classify a folder or bucket of photos into Parquet with Ray Data"),
+    "serve": ("animals10.cli.serve", "serve a model over HTTP with Ray Serve"),
+    "evaluate": ("animals10.cli.evaluate", "score models and write the comparison report"),
+    "demo-data": ("animals10.cli.demo", "write a small synthetic labelled photo set"),
+    "demo": ("animals10.cli.demo", "generate demo data, train both models, print the comparison"),
 }
 
 

@@ -7,28 +7,8 @@ import argparse
 from animals10 import storage
 from animals10.batch.job import DECODE_MODES, BatchConfig, JobSummary, classify_images
 from animals10.batch.parts import SUMMARY_FILE
+from animals10.cli.arguments import non_negative, positive_int, share
 from animals10.errors import Animals10Error
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {value}")
-    return value
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,17 +18,18 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     photos.add_argument("--input", help="folder or s3:// prefix of photos, searched recursively")
     photos.add_argument(
         "--input-list",
-        help="manifest of photo URIs: a text, CSV or Parquet file, a folder or s3:// prefix of them, or an S3 Inventory manifest.json",
+        help="manifest of photo URIs: a text, CSV or Parquet file, a folder or s3:// prefix of them, or an S3 "
+        "Inventory manifest.json",
     )
     parser.add_argument(
         "--output", required=True, help="folder or s3:// prefix for the Parquet parts and _summary.json"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=defaults.batch_size, help="photos per inference call"
+        "--batch-size", type=positive_int, default=defaults.batch_size, help="photos per inference call"
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         metavar="N",
         default=None,
@@ -56,23 +37,23 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-gpus",
-        type=_non_negative_float,
+        type=non_negative,
         default=None,
         help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)",
     )
     parser.add_argument(
         "--cpus-per-replica",
-        type=_non_negative_float,
+        type=non_negative,
         default=defaults.num_cpus_per_actor,
         help="CPUs reserved per model replica",
     )
     parser.add_argument(
         "--cpus-per-decode-task",
-        type=_non_negative_float,
+        type=non_negative,
         default=defaults.num_cpus_per_decode_task,
         help="CPUs reserved per decoding task",
     )
-    parser.add_argument("--top-k", type=_positive_int, default=defaults.top_k, help="classes listed per photo in top_k")
+    parser.add_argument("--top-k", type=positive_int, default=defaults.top_k, help="classes listed per photo in top_k")
     parser.add_argument(
         "--tta",
         action="store_true",
@@ -80,7 +61,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rows-per-file",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.rows_per_file,
         help="rows per Parquet part (the shard size)",
     )
@@ -97,7 +78,7 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gpu-share",
-        type=_share,
+        type=share,
         default=defaults.gpu_share,
         help="with --decode mixed: the share of JPEGs decoded on the GPU",
     )
@@ -113,7 +94,8 @@ def format_summary(summary: JobSummary) -> str:
         + (f" ({', '.join(f'{k}: {v}' for k, v in summary.failed_by_kind.items())})" if summary.failed else "")
         + (f"   duplicates left out: {summary.duplicates}" if summary.duplicates else ""),
         "Per class: " + ", ".join(f"{k} {v}" for k, v in summary.per_class.items()),
-        f"This run: {summary.processed_this_run} photos in {summary.wall_time_s:.1f} s ({summary.images_per_second:.1f} images/s"
+        f"This run: {summary.processed_this_run} photos in {summary.wall_time_s:.1f} s "
+        f"({summary.images_per_second:.1f} images/s"
         + (
             f", {summary.steady_images_per_second:.1f} images/s after the first part"
             if summary.steady_images_per_second

@@ -1,0 +1,57 @@
+"""`animals10 demo` (what `make demo` runs) and `animals10 demo-data`: synthetic photos, both models
+trained on them with Ray Train, the table of results and the comparison report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from animals10.cli.train import results_table
+from animals10.demo import write_demo_data
+from animals10.report import write_report
+from animals10.training.config import recipe_config
+from animals10.training.driver import train_models
+
+
+def add_demo_data_arguments(parser) -> None:
+    parser.add_argument("output_dir", help="where to write <dir>/<class>/<photo>.jpg")
+    parser.add_argument("--images-per-class", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_demo_data(args) -> int:
+    root = write_demo_data(args.output_dir, args.images_per_class, args.seed)
+    print(f"Demo photos written to {root}")
+    return 0
+
+
+def add_demo_arguments(parser) -> None:
+    parser.add_argument("--output", default="runs/demo", help="where the demo data, artifacts and report go")
+    parser.add_argument("--images-per-class", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--image-size", type=int, default=96, help="small for a quick CPU run (the study used 128)")
+
+
+def run_demo(args) -> int:
+    """Demo data -> both models trained with Ray Train (the transfer model pretrained, offline) -> table."""
+    output = Path(args.output)
+    data_dir = output / "data" / "raw-img"
+    if not data_dir.exists():
+        write_demo_data(data_dir, args.images_per_class)
+    # The study's recipe: the quickest on a CPU (`--recipe best` is the default of jobs/train.py).
+    config = recipe_config(
+        "study",
+        data=str(data_dir),
+        output=str(output / "models"),
+        models=("custom_cnn", "efficientnet_lite0"),
+        epochs=args.epochs,
+        image_size=args.image_size,
+    )
+    models = train_models(config)
+    print()
+    print(results_table(models).to_text())
+    for model in models:
+        print(f"{model.name}: artifact in {model.artifact_uri}")
+    report = write_report([m.artifact_uri for m in models], str(output / "report"))
+    print(report.best_reason)
+    print(f"Report: {report.html_uri} (and report.md beside it)")
+    return 0

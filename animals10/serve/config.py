@@ -1,0 +1,58 @@
+"""The Serve deployment's settings: defaults, and the `user_config` that may change on a running replica."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+APP_NAME = "animals10"
+DEPLOYMENT_NAME = "Classifier"
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0  # batches fill from the backlog while the model is busy (see `classify`)
+DEFAULT_MAX_BODY_MB = 10.0
+DEFAULT_MAX_FILES = 16
+# Requests a replica accepts at once: at least max_batch_size * MAX_CONCURRENT_BATCHES, or batches
+# never fill (ray-project/ray#43288). A waiting request holds its body and one decoded photo (~50 KB).
+DEFAULT_MAX_ONGOING_REQUESTS = 256
+# Batches @serve.batch may hand over while the model is busy; they are merged (see `classify`).
+MAX_CONCURRENT_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The deployment's `user_config`: what may change on a running replica."""
+
+    model_uri: str
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
+    tta: bool = False  # test-time augmentation: average with the mirrored photo
+
+    @classmethod
+    def from_user_config(cls, values: dict | None) -> ModelConfig:
+        values = dict(values or {})
+        unknown = set(values) - {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta"}
+        if unknown:
+            raise ValueError(
+                f"Unknown user_config keys {sorted(unknown)}; use model_uri, max_batch_size, batch_wait_timeout_s and "
+                "tta."
+            )
+        if not values.get("model_uri"):
+            raise ValueError(
+                "The deployment's user_config has no model_uri; set it to a model artifact directory or s3:// URI."
+            )
+        config = cls(
+            str(values["model_uri"]),
+            int(values.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+            float(values.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
+            bool(values.get("tta", False)),
+        )
+        if config.max_batch_size < 1 or config.batch_wait_timeout_s < 0:
+            raise ValueError("user_config needs max_batch_size >= 1 and batch_wait_timeout_s >= 0.")
+        return config
+
+    def to_user_config(self) -> dict:
+        return {
+            "model_uri": self.model_uri,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "tta": self.tta,
+        }
