@@ -1,6 +1,7 @@
 """Images per second of the Ray Data batch job next to plain PyTorch, in one run, on this machine.
 
-    .venv/bin/python benchmarks/batch_inference.py [--images ../shared/data/bench-images] [--tune]
+    .venv/bin/python benchmarks/batch_inference.py [--images ../shared/data/bench-images] [--rounds 2] \
+        [--passes 3] [--batch-size 128] [--decode-cpus 0.25] [--replica-cpus 0.875] [--concurrency 2] [--tune]
 
 Three ways to classify the same photos with the same model (mobilenet_v2, random weights, 128 px),
 the same preprocessing (animals10.imaging.load_array, then animals10.predictor.Predictor) and the
@@ -139,7 +140,10 @@ def run_ray_job(
             progress=False,
         )
         summary = classify_images(config)
-    name = f"Ray Data job (decode {decode_cpus:g} CPU/task, {concurrency} replica(s) x {actor_cpus:g} CPU, batch {batch_size})"
+    name = (
+        f"Ray Data job (decode {decode_cpus:g} CPU/task, {concurrency} replica(s) x {actor_cpus:g} CPU, "
+        f"batch {batch_size})"
+    )
     # The job measures its own steady state: from the first batch of predictions to the last part written.
     return Result(
         name, summary.files_seen, summary.wall_time_s, summary.time_to_first_result_s, summary.steady_images_per_second
@@ -205,7 +209,8 @@ def main() -> int:
         print(f"No photos under {args.images}.", file=sys.stderr)
         return 1
     print(
-        f"{len(paths)} photos under {args.images}; batch size {args.batch_size}; {args.image_size} px; long job {args.passes} passes"
+        f"{len(paths)} photos under {args.images}; batch size {args.batch_size}; {args.image_size} px; "
+        f"long job {args.passes} passes"
     )
     print(describe_machine())
     print(f"Load average at the start (1, 5, 15 min): {os.getloadavg()}")
@@ -281,7 +286,8 @@ def main() -> int:
     print(f"One pass ({len(paths)} photos):")
     print()
     print(
-        "| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline | first batch after |"
+        "| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline "
+        "| first batch after |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for r in short:
@@ -294,12 +300,14 @@ def main() -> int:
     print()
     best["long_steady"] = max(long[r.name].steady_ips for r in short[:2])
     print(
-        "| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline | steady state (extra photos / extra time), images/s | vs best baseline |"
+        "| method | whole job, images/s | vs best baseline | after the first batch, images/s | vs best baseline "
+        "| steady state (extra photos / extra time), images/s | vs best baseline |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in long.items():
         print(
-            f"| {name} | {r.whole_ips:.1f} | {r.whole_ips / best['long']:.2f}x | {r.steady_ips:.1f} | {r.steady_ips / best['long_steady']:.2f}x | "
+            f"| {name} | {r.whole_ips:.1f} | {r.whole_ips / best['long']:.2f}x | {r.steady_ips:.1f} | "
+            f"{r.steady_ips / best['long_steady']:.2f}x | "
             f"{marginal(r):.1f} | {marginal(r) / best['marginal']:.2f}x |"
         )
     print()

@@ -2,7 +2,8 @@
 images/s and the start of a resume, for trees of 10,000 to 1,000,000 photos, next to Ray's own
 `read_images -> map_batches -> write_parquet` on the same inputs, in one run, on this machine.
 
-    .venv/bin/python benchmarks/batch_scale.py [--sizes 10000 100000 1000000] [--s3-keys 50000]
+    .venv/bin/python benchmarks/batch_scale.py [--sizes 10000 100000 1000000] [--s3-keys 50000] \
+        [--max-half-way 50000] [--window-parts 8] [--anchor-limit 100000] [--json FILE]
 
 The trees are made of symbolic links to the smallest real photos of `bench-images`, in 10 class
 folders as Animals-10 is laid out; the S3 input is that many keys on a loopback S3 server (moto).
@@ -164,8 +165,8 @@ def measure(
 ) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result = f.name
-    argv = [sys.executable, __file__, "--child", mode, "--input", input_uri, "--output", output, "--model", model, "--result", result,
-            "--window-parts", str(window), "--stop-after-rows", str(stop_after_rows)]  # fmt: skip
+    argv = [sys.executable, __file__, "--child", mode, "--input", input_uri, "--output", output, "--model", model]
+    argv += ["--result", result, "--window-parts", str(window), "--stop-after-rows", str(stop_after_rows)]
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=3600)
     if not Path(result).stat().st_size:
         print(done.stderr.decode()[-3000:], file=sys.stderr)
@@ -219,9 +220,8 @@ def main() -> int:
 
     import ray
 
-    photos = sorted(
-        (p.resolve() for p in Path(args.images).rglob("*.jpg") if p.stat().st_size < 40_000), key=lambda p: p.name
-    )[:300]
+    jpegs = (p.resolve() for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    photos = sorted(jpegs, key=lambda p: (p.stat().st_size, p.name))[:300]  # the 300 smallest
     if not photos:
         print(f"No photos under {args.images}.", file=sys.stderr)
         return 1
@@ -297,7 +297,8 @@ def print_table(results: dict) -> None:
     base = runs[0]["ours"]
     print()
     print(
-        "| input | method | first part | vs smallest | driver peak | vs smallest | steady img/s | vs smallest | resume: first new part |"
+        "| input | method | first part | vs smallest | driver peak | vs smallest | steady img/s | vs smallest "
+        "| resume: first new part |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in runs:
@@ -313,7 +314,8 @@ def print_table(results: dict) -> None:
                 else "—"
             )
             print(
-                f"| {run['input']} | {label} | {f['first_part_s']:.1f} s | {f['first_part_s'] - r['first_part_s']:+.1f} s | "
+                f"| {run['input']} | {label} | {f['first_part_s']:.1f} s | "
+                f"{f['first_part_s'] - r['first_part_s']:+.1f} s | "
                 f"{f['peak_mib']:.0f} MiB | {f['peak_mib'] - r['peak_mib']:+.0f} MiB | {f['steady_ips'] or 0:.0f} | "
                 f"{(f['steady_ips'] or 0) / (r['steady_ips'] or 1):.2f}x | {resume} |"
             )

@@ -3,9 +3,12 @@
 #
 #   bash benchmarks/gpu_checks.sh DATA_DIR OUT_DIR
 #
-# DATA_DIR is animals10-sample/raw-img. Each step is time-boxed and writes its log and JSON under
-# OUT_DIR as it goes; a step that fails or runs out of time does not stop the next. The time limits,
-# in seconds, fit all five splits on one H200; shorten them to fit a lease:
+# Its steps are the package's benchmarks, each with the baseline it measures in the same run:
+# gpu_inference.py (the Ray Data batch job against a DataLoader on the GPU) and accuracy.py (`best`
+# trained with Ray Train through train_models). DATA_DIR is animals10-sample/raw-img. Each step is
+# time-boxed and writes its log and JSON under OUT_DIR as it goes; a step that fails or runs out of
+# time does not stop the next. The time limits, in seconds, fit all five splits on one H200; shorten
+# them to fit a lease:
 #   INFERENCE_S (default 300), EFFICIENTNET_S (900), CNN_S (1800).
 # (BENCHMARKS.md's H200 figures came from limits of 100, 260 and 170 s: a 15-minute lease.)
 set -u
@@ -21,7 +24,7 @@ step() {  # step NAME SECONDS COMMAND...: the command's output to OUT_DIR/NAME.l
     timeout -k 15 "$limit" "$@" >"$out/$name.log" 2>&1
     echo "=== $name: exit $? at $(date +%T)"
     grep -v -E "INFO|logging\.cc|^PC: |^ +@ |^\s*$|Warning|warn\(|Reporting training result|Dataset .* execution|Execution plan|Starting execution|Checkpoint successfully|SIGTERM" "$out/$name.log" | tail -n 25
-    pkill -9 -f "ray/core/src/ray/" 2>/dev/null  # a Ray left behind by a time-boxed step
+    ray stop --force >/dev/null 2>&1  # a Ray left behind by a time-boxed step
     return 0
 }
 

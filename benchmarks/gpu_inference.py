@@ -155,7 +155,8 @@ def main() -> int:
         long_dir = repeat_tree(args.images, args.passes, Path(tmp) / "long")
         paths = storage.list_files(long_dir, storage.IMAGE_EXTENSIONS)
         print(
-            f"{len(paths)} photos ({args.passes} passes over {args.images}); batch {args.batch_size}; {args.image_size} px; {device}"
+            f"{len(paths)} photos ({args.passes} passes over {args.images}); batch {args.batch_size}; "
+            f"{args.image_size} px; {device}"
         )
         for path in paths[: len(paths) // args.passes]:
             storage.read_bytes(path)  # page cache warm for every contender

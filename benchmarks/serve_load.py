@@ -1,10 +1,11 @@
 """Closed-loop HTTP load on the Serve app, next to a plain FastAPI + uvicorn baseline, in one run.
 
-    .venv/bin/python benchmarks/serve_load.py [--clients 1 8 32] [--duration-s 20] [--output FILE]
+    .venv/bin/python benchmarks/serve_load.py [--clients 1 8 32] [--duration-s 30] [--high-throughput] \
+        [--output FILE]
 
 Both servers hold the same model: a mobilenet_v2 artifact with random weights at 128 px (the cost
 of a real one; accuracy does not matter here). The baseline is one uvicorn process that decodes and
-classifies each request on its own, with no batching; ours is `animals10.serve.build_app` on a local
+classifies each request on its own, with no batching; ours is `animals10.serve.app.build_app` on a local
 Ray. The load comes from a separate process per measurement: N clients on 127.0.0.1, each sending
 the next real photo from ../shared/data/bench-images as soon as its previous answer arrived. The
 photos are read from there, never copied into the repository.
@@ -238,7 +239,8 @@ def main() -> int:
     parser.add_argument(
         "--high-throughput",
         action="store_true",
-        help="start Ray with RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (HAProxy ingress straight to the replica)",
+        help="start Ray with RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
+        "(HAProxy ingress straight to the replica)",
     )
     parser.add_argument("--output", help="also write the results as JSON here")
     # Internal modes: the baseline server and the load generator run as their own processes.
@@ -259,7 +261,8 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from animals10.serve import HIGH_THROUGHPUT_ENV, build_app
+    from animals10.cli.serve import HIGH_THROUGHPUT_ENV
+    from animals10.serve.app import build_app
 
     work_dir = tempfile.mkdtemp(prefix="serve-load-")
     artifact = str(Path(work_dir) / "mobilenet_v2")
@@ -323,14 +326,16 @@ def main() -> int:
 
     print()
     print(
-        f"{'clients':>7} | {'system':8} | {'req/s':>7} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} | failed | mean batch"
+        f"{'clients':>7} | {'system':8} | {'req/s':>7} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} "
+        "| failed | mean batch"
     )
     for row in results["levels"]:
         for name in ("baseline", "serve"):
             r = row[name]
             batch = f"{r['mean_batch_size']:.1f}" if r["mean_batch_size"] else "-"
             print(
-                f"{row['clients']:>7} | {name:8} | {r['requests_per_s']:7.1f} | {r['p50_ms']:7.1f} | {r['p95_ms']:7.1f} | {r['p99_ms']:7.1f} | {r['failed']:6d} | {batch}"
+                f"{row['clients']:>7} | {name:8} | {r['requests_per_s']:7.1f} | {r['p50_ms']:7.1f} | "
+                f"{r['p95_ms']:7.1f} | {r['p99_ms']:7.1f} | {r['failed']:6d} | {batch}"
             )
         ratios = [
             ratio(row["serve"][key], row["baseline"][key]) for key in ("requests_per_s", "p50_ms", "p95_ms", "p99_ms")

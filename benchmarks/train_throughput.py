@@ -1,13 +1,16 @@
-"""Training throughput: a Ray Train run next to a plain single-process PyTorch loop, same data, model,
-batch size and epochs, in one script.
+"""Training throughput of the package's Ray Train runs next to a plain single-process PyTorch loop: same
+data, model, batch size and epochs, in one script.
 
-    .venv/bin/python benchmarks/train_throughput.py [--data ../shared/data/animals10-sample/raw-img]
+    .venv/bin/python benchmarks/train_throughput.py [--data ../shared/data/animals10-sample/raw-img] \
+        [--model custom_cnn] [--image-size 128] [--batch-size 32] [--epochs 4]
 
-The plain loop decodes each photo with the same function (animals10.imaging.load_array) in the
-training process, then runs the same training step (animals10.engine.train_one_epoch). Ray Train
-decodes in Ray Data tasks beside the training worker: again each epoch, or once before the first
-(`cache_decoded`). Images per second are those of the epochs after the first (steady state), and of
-the whole run; seconds are the whole `train_models` call, decoding once included.
+Measured: `animals10.training.driver.train_models` (what `animals10 train` runs) with 1 worker x 2 CPUs
+and 2 workers x 1 CPU (DDP), its photos decoded in Ray Data tasks beside the workers each epoch or once
+before the first (`cache_decoded`). Baseline: a plain loop that decodes each photo with the same
+function (animals10.imaging.load_array) in the training process, then runs the package's own training
+step (animals10.training.engine.train_one_epoch). Images per second are those of the epochs after the
+first (steady state), and of all epochs; seconds are the whole run (for Ray Train the whole
+`train_models` call, decoding once included), with Ray started before the first.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import numpy as np
 import torch
 
 from animals10.card import Preprocessing
-from animals10.config import TrainConfig
+from animals10.cluster import connect_ray
 from animals10.data import read_labelled_tree, split_indices
-from animals10.engine import train_one_epoch
 from animals10.imaging import load_array
 from animals10.models import create_model
-from animals10.train import init_ray, train_models
+from animals10.training.config import TrainConfig
+from animals10.training.driver import train_models
+from animals10.training.engine import train_one_epoch
 from animals10.transforms import Augmentation
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-sample" / "raw-img"
@@ -49,7 +53,7 @@ def plain_loop(data: str, model_name: str, image_size: int, batch_size: int, epo
         order = rng.permutation(train_idx)
         start = time.perf_counter()
 
-        def batches():
+        def batches(order=order):
             for offset in range(0, len(order), batch_size):
                 chosen = order[offset : offset + batch_size]
                 images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), image_size) for i in chosen])
@@ -77,9 +81,17 @@ def ray_train(
 ) -> tuple[list[float], float]:
     with tempfile.TemporaryDirectory() as output:
         config = TrainConfig(
-            data=data, output=output, models=(model_name,), epochs=epochs, image_size=image_size, batch_size=batch_size,
-            num_workers=num_workers, cpus_per_worker=cpus_per_worker, early_stopping_patience=epochs, cache_decoded=cache_decoded,
-        )  # fmt: skip
+            data=data,
+            output=output,
+            models=(model_name,),
+            epochs=epochs,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            cpus_per_worker=cpus_per_worker,
+            early_stopping_patience=epochs,
+            cache_decoded=cache_decoded,
+        )
         start = time.perf_counter()
         [trained] = train_models(config)
     return [h["images_per_second"] for h in trained.history], time.perf_counter() - start
@@ -96,7 +108,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     threads = 2
-    init_ray(min_cpus=3)  # before any timed run, as a cluster is up before users train; 2 CPUs of workers + 1 to decode
+    # Before any timed run, as a cluster is up before users train: 2 CPUs of workers and 1 to decode.
+    connect_ray(min_cpus=3)
     start = time.perf_counter()
     plain = plain_loop(args.data, args.model, args.image_size, args.batch_size, args.epochs, threads)
     results = {f"plain PyTorch loop, {threads} threads": (plain, time.perf_counter() - start)}
@@ -109,9 +122,8 @@ def main() -> None:
             results[name] = ray_train(*shape, workers, cpus, cache)
     baseline = np.mean(plain[1:])
     print(f"\n{args.model} at {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs on {args.data}")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}"
-    )
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {torch.get_num_threads()} torch threads available, torch {torch.__version__}")
     print("| run | steady images/s | all epochs | vs plain loop | whole run, s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, (rates, seconds) in results.items():
