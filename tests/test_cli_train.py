@@ -2,6 +2,7 @@
 input is one sentence and a non-zero exit, found before Ray starts."""
 
 import contextlib
+import os
 
 import pytest
 
@@ -117,6 +118,8 @@ def test_bad_input_is_one_sentence_and_a_non_zero_exit(tmp_path, demo_tree, monk
     make_one_class_tree(tmp_path / "one-class")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached MobileNetV2 weights
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    # --s3-endpoint sets AWS_ENDPOINT_URL for the process: restored after the test for the others.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL", ""))
     args = [a.format(tmp=tmp_path, demo=demo_tree) for a in args]
     with pytest.raises(SystemExit) if message == "invalid choice" else contextlib.nullcontext():
         code = main(["train", *args, "--output", str(tmp_path / "out")])
