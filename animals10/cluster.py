@@ -1,12 +1,32 @@
 """The one way the jobs join or start Ray: the cluster `ray job submit` runs them on, one started with
-`ray start`, or else a local Ray on this machine."""
+`ray start`, or else a local Ray on this machine.
+
+Ray's own output (its workers' logs, Ray Data's and Ray Train's progress lines) reaches the console only
+when animals10 logs at DEBUG (`animals10 -v`); otherwise it stays in Ray's log files.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 
+logger = logging.getLogger(__name__)
+
+RAY_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default, on each node
 # Forwarded to every worker: an S3-compatible endpoint set on the driver must reach the tasks that read.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def _keep_ray_off_the_console() -> None:
+    """Ray's and Ray Data's console output shows errors only; Ray Data's log file keeps everything. (With
+    `configure_logging=False`, ray.init leaves the `ray` logger without handlers: Python's last-resort
+    handler would print its warnings.)"""
+    import ray.data  # noqa: F401 - configures the ray.data loggers, adjusted here
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # its console handler; the other is its log file
+            handler.setLevel(logging.ERROR)
 
 
 def connect_ray(min_cpus: int = 1, *, new_local: bool = False) -> None:
@@ -18,8 +38,16 @@ def connect_ray(min_cpus: int = 1, *, new_local: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    show_ray_output = logging.getLogger("animals10").isEnabledFor(logging.DEBUG)
+    if not show_ray_output:
+        _keep_ray_off_the_console()
+        logger.info("Ray's own logs go to %s (`animals10 -v` shows them here).", RAY_LOGS)
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
-    options = {"runtime_env": {"env_vars": env} if env else None, "log_to_driver": True, "configure_logging": False}
+    options = {
+        "runtime_env": {"env_vars": env} if env else None,
+        "log_to_driver": show_ray_output,
+        "configure_logging": False,
+    }
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**options)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import io
+import re
 import socket
 import threading
 from pathlib import Path
@@ -131,7 +132,13 @@ def test_health_and_model_card(server, untrained_artifact):
     assert card["id"] == health.json()["model_id"]
     docs = server.get("/docs")
     assert docs.status_code == 200
-    assert "/predict" in server.get("/openapi.json").json()["paths"]
+    openapi = server.get("/openapi.json").json()
+    upload = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload and "image/*" in upload  # /docs can send files either way
+    page = server.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'fetch("predict"' in page.text and 'type="file"' in page.text
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.text)  # no external scripts, styles or fonts
 
 
 def test_one_photo_is_classified_as_offline(server, predictor):

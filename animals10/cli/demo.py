@@ -3,6 +3,7 @@ trained on them with Ray Train, the table of results and the comparison report."
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from animals10.cli.train import results_table
@@ -10,6 +11,14 @@ from animals10.demo import write_demo_data
 from animals10.report import write_report
 from animals10.training.config import recipe_config
 from animals10.training.driver import train_models
+
+DEMO_DATA_EXAMPLES = """\
+  animals10 demo-data runs/demo-photos
+  animals10 demo-data runs/demo-photos --images-per-class 100 --seed 1"""
+
+DEMO_EXAMPLES = """\
+  animals10 demo                       # what `make demo` runs: runs/demo
+  animals10 demo --output runs/demo2 --epochs 10 --image-size 128"""
 
 
 def add_demo_data_arguments(parser) -> None:
@@ -49,9 +58,27 @@ def run_demo(args) -> int:
     models = train_models(config)
     print()
     print(results_table(models).to_text())
-    for model in models:
-        print(f"{model.name}: artifact in {model.artifact_uri}")
     report = write_report([m.artifact_uri for m in models], str(output / "report"))
     print(report.best_reason)
-    print(f"Report: {report.html_uri} (and report.md beside it)")
+    print(next_steps(output, report.best_model, data_dir))
     return 0
+
+
+def next_steps(output: Path, best_model: str, data_dir: Path) -> str:
+    """Three things to try with the demo's best model, as commands to copy."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "animals10" else "animals10"
+    model = output / "models" / best_model
+    photo = next(iter(sorted(data_dir.glob("*/*.jpg"))), data_dir / "cane" / "photo.jpg")
+    return "\n".join(
+        [
+            "",
+            f"Next, with the demo's best model ({model}):",
+            "  # classify a folder of photos into Parquet",
+            f"  {program} infer --model {model} --input {data_dir} --output {output / 'predictions'}",
+            "  # serve it, then open http://127.0.0.1:8000/ in a browser or send it a photo",
+            f"  {program} serve --model {model}",
+            f"  curl -s -H 'content-type: image/jpeg' --data-binary @{photo} http://127.0.0.1:8000/predict",
+            "  # read the report",
+            f"  open {output / 'report' / 'report.html'}",
+        ]
+    )

@@ -5,6 +5,11 @@ from __future__ import annotations
 from animals10.cli.arguments import count, positive_int
 from animals10.report import write_report
 
+EVALUATE_EXAMPLES = """\
+  animals10 evaluate --model runs/exp1/custom_cnn --model runs/exp1/mobilenet_v2 --output runs/exp1/report
+  animals10 evaluate --model runs/exp1/efficientnet_lite0 --data ~/other-photos --output runs/other --tta
+  animals10 evaluate --model runs/exp1/efficientnet_lite0 --data runs/predictions --output runs/scored"""
+
 
 def add_evaluate_arguments(parser) -> None:
     parser.add_argument(

@@ -10,6 +10,11 @@ from animals10.batch.parts import SUMMARY_FILE
 from animals10.cli.arguments import non_negative, positive_int, share
 from animals10.errors import Animals10Error
 
+INFER_EXAMPLES = """\
+  animals10 infer --model runs/exp1/efficientnet_lite0 --input ~/photos --output runs/predictions
+  animals10 infer --model s3://b/runs/exp1/efficientnet_lite0 --input s3://b/photos/ --output s3://b/predictions/
+  animals10 infer --model runs/exp1/efficientnet_lite0 --input ~/photos --output runs/predictions --resume"""
+
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BatchConfig("", None, "")

@@ -1,14 +1,16 @@
 """The `animals10` command: one subcommand per job. For a command `foo-bar`, its module offers
-`add_foo_bar_arguments(parser)` and `run_foo_bar(args) -> int`; only the module of the command that
-runs is imported. Errors a user can cause are printed as one sentence, without a traceback."""
+`add_foo_bar_arguments(parser)`, `run_foo_bar(args) -> int` and `FOO_BAR_EXAMPLES` (the end of its --help); only
+the module of the command that runs is imported. Errors a user can cause are printed as one sentence,
+without a traceback. The console shows our own lines; Ray's go to its log files unless `-v` is given."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from animals10 import __version__
+from animals10.cli.console import configure_console
 from animals10.errors import Animals10Error
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
@@ -35,13 +37,23 @@ def find_user_error(error: BaseException) -> Animals10Error | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="animals10", description="Animals-10 image classification on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and Ray's own output")
+    parser.add_argument("--version", action="version", version=f"animals10 {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        if name == command:
-            module = importlib.import_module(module_name)
-            getattr(module, f"add_{name.replace('-', '_')}_arguments")(sub)
+        if name != command:
+            commands.add_parser(name, help=help_text, description=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        examples = getattr(module, f"{name.replace('-', '_').upper()}_EXAMPLES")
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"examples:\n{examples}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        getattr(module, f"add_{name.replace('-', '_')}_arguments")(sub)
     return parser
 
 
@@ -49,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_console(args.verbose)
     run = getattr(importlib.import_module(COMMANDS[args.command][0]), f"run_{args.command.replace('-', '_')}")
     try:
         return int(run(args) or 0)

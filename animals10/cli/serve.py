@@ -26,6 +26,12 @@ logger = logging.getLogger(__name__)
 HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
+SERVE_EXAMPLES = """\
+  animals10 serve --model runs/exp1/efficientnet_lite0          # then open http://127.0.0.1:8000/
+  curl -s -H 'content-type: image/jpeg' --data-binary @photo.jpg http://127.0.0.1:8000/predict
+  animals10 serve --model s3://b/runs/exp1/efficientnet_lite0 --host 0.0.0.0 --autoscaling 1 4"""
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model artifact directory or s3:// URI")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
@@ -110,7 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(
-            f"Serving {args.model} at http://{args.host}:{args.port}/predict (API docs at /docs); Ctrl-C stops.",
+            f"Serving {args.model} at http://{args.host}:{args.port}/predict; try it in a browser at "
+            f"http://{args.host}:{args.port}/ (API docs at /docs). Ctrl-C stops.",
             flush=True,
         )
         while True:

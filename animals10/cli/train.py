@@ -12,6 +12,12 @@ from animals10.training.config import DEFAULT_MODELS, KEEP_CHOICES, RECIPES, Tra
 from animals10.training.driver import TrainedModel, train_models
 from animals10.transforms import Augmentation
 
+TRAIN_EXAMPLES = """\
+  animals10 train --data ~/animals10/raw-img --output runs/exp1
+  animals10 train --data ~/animals10/raw-img --model efficientnet_lite0 --recipe study --epochs 10
+  ray job submit --working-dir . -- python jobs/train.py --data s3://my-bucket/raw-img \\
+      --num-workers 4 --use-gpu --output s3://my-bucket/runs/exp1"""
+
 
 def add_train_arguments(parser) -> None:
     defaults = TrainConfig()

@@ -1,6 +1,7 @@
 """The HTTP app (layer 2): one model artifact behind a Ray Serve deployment with a FastAPI ingress.
 
     POST /predict   one photo as the raw body (image/*), or several as multipart/form-data
+    GET  /          a page to try the model in a browser: pick or drop photos, see their top-3 classes
     GET  /healthz   200 once the model is loaded, 503 before
     GET  /model     the model card: classes, architecture, input size, metrics
     GET  /docs      OpenAPI documentation
@@ -21,11 +22,12 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 # Photos up to this size are decoded on the event loop: at the model's input size a typical JPEG
 # decodes in about a millisecond, less than a hand-off to a thread costs on a busy machine.
 INLINE_DECODE_MAX_BYTES = 256_000
+# The try-it page at GET /: self-contained (no external scripts or fonts), it posts each photo to /predict.
+PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 
 
 # --- the FastAPI app -------------------------------------------------------------------------------
@@ -232,6 +236,10 @@ class Classifier:
         if len(data) <= INLINE_DECODE_MAX_BYTES:
             return decode_photo(name, data, size)
         return await asyncio.to_thread(decode_photo, name, data, size)
+
+    @api.get("/", summary="A page to try the model: pick or drop photos, see their top-3 classes")
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE)
 
     @api.get("/healthz", summary="Ready once the model is loaded")
     async def healthz(self) -> JSONResponse:

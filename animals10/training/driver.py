@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +85,7 @@ def _datasets(config: TrainConfig, tree: LabelledTree, train_idx: list[int], val
     return datasets, keep
 
 
-def _run_config(config: TrainConfig, model_name: str):
+def _run_config(config: TrainConfig, model_name: str, callbacks: list):
     import ray.train
 
     fs, path = storage.arrow_filesystem(storage.join(config.output, "checkpoints"))
@@ -96,6 +97,7 @@ def _run_config(config: TrainConfig, model_name: str):
             num_to_keep=2, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
         ),
         failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+        callbacks=callbacks,
     )
 
 
@@ -134,25 +136,31 @@ def worker_task(
 
 
 def _fit(config: TrainConfig, task: WorkerTask, datasets: dict, use_gpu: bool):
-    """Runs the workers to the last epoch: (the latest checkpoint's state, the kept epoch's state)."""
+    """Runs the workers to the last epoch, logging a line per epoch as they go: (the latest checkpoint's
+    state, the kept epoch's state)."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    from animals10.training.progress import EpochReports, follow_epochs
 
     scaling = ScalingConfig(
         num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
     )
+    reports = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task},
         scaling_config=scaling,
-        run_config=_run_config(config, task.model_name),
+        run_config=_run_config(config, task.model_name, callbacks=[EpochReports(reports)]),
         datasets=datasets,
     )
-    where = "GPU" if use_gpu else "CPU"
-    logger.info(
-        "Training %s for up to %d epochs on %d worker(s), %s", task.model_name, config.epochs, config.num_workers, where
-    )
-    result = trainer.fit()
+    where = f"{config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)"
+    logger.info("Training %s for up to %d epochs on %s", task.model_name, config.epochs, where)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit") as pool:
+        fit = pool.submit(trainer.fit)
+        follow_epochs(task.model_name, config.epochs, reports, fit)
+        result = fit.result()
     latest = read_checkpoint(result.checkpoint)
     if config.keep == "last":
         return latest, latest
@@ -205,6 +213,8 @@ def train_model(
     )
     uri = storage.join(config.output, model_name)
     save_artifact(model, card, uri, extra_files=_history_files(history))
+    why = "the last" if config.keep == "last" else "the best validation loss"
+    logger.info("%s: kept epoch %d (%s); artifact in %s", model_name, kept["epoch"], why, uri)
     if latest["skipped"]:
         logger.warning(
             "%d file(s) could not be decoded and were skipped: %s", len(latest["skipped"]), latest["skipped"][:10]
@@ -224,21 +234,15 @@ def train_models(config: TrainConfig) -> list[TrainedModel]:
     train_idx, val_idx = split_indices(tree, config.val_fraction, config.seed)
     storage.check_writable(config.output)
     initial = {name: initial_model(config, name, tree.class_names) for name in config.models}
+    train_counts, val_counts = tree.class_counts(train_idx), tree.class_counts(val_idx)
     logger.info(
-        "%d photos in %d classes under %s: %d for training, %d for validation",
+        "%d photos in %d classes under %s: %d for training, %d for validation (%s)",
         len(tree.paths),
         len(tree.class_names),
         tree.root,
         len(train_idx),
         len(val_idx),
+        ", ".join(f"{name} {train_counts[name]}/{val_counts[name]}" for name in tree.class_names),
     )
-    for name, count in tree.class_counts().items():
-        logger.info(
-            "  %-12s %6d photos (train %d, val %d)",
-            name,
-            count,
-            tree.class_counts(train_idx)[name],
-            tree.class_counts(val_idx)[name],
-        )
     connect_ray(min_cpus=config.num_workers * config.cpus_per_worker + 1)
     return [train_model(config, name, tree, train_idx, val_idx, initial[name]) for name in config.models]
