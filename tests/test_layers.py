@@ -21,6 +21,7 @@ PURE_MODULES = [
     "animals10.card",
     "animals10.artifact",
     "animals10.predictor",
+    "animals10.export",
     "animals10.transforms",
     "animals10.metrics",
     "animals10.demo",

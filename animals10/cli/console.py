@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import warnings
 
+QUIET_LIBRARIES = ("onnxscript", "onnx_ir", "torch.onnx")  # the ONNX exporter's passes log at INFO
+
 
 def configure_console(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # Ray's RayDeprecationWarning is one
     warnings.filterwarnings("ignore", category=FutureWarning)

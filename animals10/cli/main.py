@@ -19,6 +19,7 @@ COMMANDS = {
     "infer": ("animals10.cli.infer", "classify a folder or bucket of photos into Parquet with Ray Data"),
     "serve": ("animals10.cli.serve", "serve a model over HTTP with Ray Serve"),
     "evaluate": ("animals10.cli.evaluate", "score models and write the comparison report"),
+    "export": ("animals10.cli.export", "export a model artifact to ONNX or TorchScript, to run outside Ray"),
     "demo-data": ("animals10.cli.demo", "write a small synthetic labelled photo set"),
     "demo": ("animals10.cli.demo", "generate demo data, train both models, print the comparison"),
 }
