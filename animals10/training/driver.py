@@ -13,7 +13,8 @@ import csv
 import io
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -140,14 +141,13 @@ def _fit(config: TrainConfig, task: WorkerTask, datasets: dict, use_gpu: bool):
     state, the kept epoch's state)."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
 
-    from animals10.training.progress import EpochReports, follow_epochs
+    from animals10.training.progress import EpochReports, epoch_queue, follow_epochs
 
     scaling = ScalingConfig(
         num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
     )
-    reports = Queue(actor_options={"num_cpus": 0})
+    reports = epoch_queue()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task},
@@ -157,10 +157,17 @@ def _fit(config: TrainConfig, task: WorkerTask, datasets: dict, use_gpu: bool):
     )
     where = f"{config.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s)"
     logger.info("Training %s for up to %d epochs on %s", task.model_name, config.epochs, where)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit") as pool:
-        fit = pool.submit(trainer.fit)
-        follow_epochs(task.model_name, config.epochs, reports, fit)
-        result = fit.result()
+    fit = Future()
+
+    def run() -> None:  # in a daemon thread: Ctrl-C on the driver is not held up by it
+        try:
+            fit.set_result(trainer.fit())
+        except BaseException as error:  # noqa: BLE001 - handed to the driver's thread by fit.result()
+            fit.set_exception(error)
+
+    threading.Thread(target=run, name="fit", daemon=True).start()
+    follow_epochs(task.model_name, config.epochs, reports, fit)
+    result = fit.result()
     latest = read_checkpoint(result.checkpoint)
     if config.keep == "last":
         return latest, latest

@@ -24,8 +24,12 @@ class EpochReports(UserCallback):
         self.reports = reports
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        if metrics:
-            self.reports.put(dict(metrics[0]))
+        if not metrics:
+            return
+        try:
+            self.reports.put(dict(metrics[0]), timeout=10)
+        except Exception as error:  # noqa: BLE001 - console lines are never worth a failed run
+            logger.warning("The epoch's console line was lost (%s); training goes on.", error)
 
 
 def describe_epoch(model_name: str, metrics: dict, num_epochs: int, best: bool) -> str:
@@ -40,6 +44,17 @@ def describe_epoch(model_name: str, metrics: dict, num_epochs: int, best: bool) 
     )
 
 
+def epoch_queue():
+    """The queue the epochs' metrics travel through: an actor on the driver's node, so that it lives as
+    long as the driver does, whichever worker nodes are lost."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
 def follow_epochs(model_name: str, num_epochs: int, reports, fit: Future) -> None:
     """Logs each epoch's line from `reports` until `fit` (Ray Train's run, in a thread) has ended."""
     best_loss = float("inf")
@@ -50,6 +65,9 @@ def follow_epochs(model_name: str, num_epochs: int, reports, fit: Future) -> Non
             if fit.done() and reports.empty():
                 return
             continue
+        except Exception as error:  # noqa: BLE001 - the queue is lost: training goes on without its lines
+            logger.warning("Epoch lines stop here (%s); training goes on.", error)
+            return
         best = metrics["val_loss"] < best_loss
         best_loss = min(best_loss, metrics["val_loss"])
         logger.info("%s", describe_epoch(model_name, metrics, num_epochs, best))
