@@ -66,7 +66,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     files = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     files = files[: args.max_photos]
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, {len(files)} photos")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    print(f"{cpu or platform.machine()}, {args.threads} threads, {len(files)} photos")
     print("| model | Predictor (torch) img/s | ONNX Runtime img/s | ratio |")
     print("| --- | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
