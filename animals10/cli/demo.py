@@ -60,15 +60,15 @@ def run_demo(args) -> int:
     print(results_table(models).to_text())
     report = write_report([m.artifact_uri for m in models], str(output / "report"))
     print(report.best_reason)
-    print(next_steps(output, report.best_model, data_dir))
+    best_uri = next(m.artifact_uri for m in models if m.name == report.best_model)
+    print(next_steps(output, best_uri, data_dir))
     return 0
 
 
-def next_steps(output: Path, best_model: str, data_dir: Path) -> str:
-    """Three things to try with the demo's best model, as commands to copy."""
+def next_steps(output: Path, model: str, data_dir: Path) -> str:
+    """Three things to try with the demo's best model (its artifact `model`), as commands to copy."""
     program = sys.argv[0] if Path(sys.argv[0]).name == "animals10" else "animals10"
-    model = output / "models" / best_model
-    photo = next(iter(sorted(data_dir.glob("*/*.jpg"))), data_dir / "cane" / "photo.jpg")
+    photo = sorted(data_dir.glob("*/*.jpg"))[0]
     return "\n".join(
         [
             "",

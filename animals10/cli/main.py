@@ -45,16 +45,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name != command:
             commands.add_parser(name, help=help_text, description=help_text)
             continue
-        module = importlib.import_module(module_name)
-        examples = getattr(module, f"{name.replace('-', '_').upper()}_EXAMPLES")
+        module, stem = importlib.import_module(module_name), name.replace("-", "_")
+        epilog = f"examples:\n{getattr(module, f'{stem.upper()}_EXAMPLES')}"
         sub = commands.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=f"examples:\n{examples}",
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        getattr(module, f"add_{name.replace('-', '_')}_arguments")(sub)
+        getattr(module, f"add_{stem}_arguments")(sub)
     return parser
 
 
