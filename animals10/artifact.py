@@ -78,7 +78,10 @@ def load_model(uri: str, device: torch.device | str | None = None) -> LoadedMode
         raise ArtifactError(f"'{uri}' has a model card but no {WEIGHTS_FILE}.") from error
     except SafetensorError as error:
         raise ArtifactError(f"The weights in '{uri}' are damaged ({error}).") from error
-    model = create_model(card.architecture, len(card.class_names), pretrained=False, **card.model_kwargs)
+    try:
+        model = create_model(card.architecture, len(card.class_names), pretrained=False, **card.model_kwargs)
+    except ValueError as error:  # an architecture this installation does not know
+        raise ArtifactError(f"The model in '{uri}' cannot be built: {error}") from error
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

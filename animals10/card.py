@@ -21,20 +21,45 @@ UNIT_MEAN = (0.0, 0.0, 0.0)  # pixels stay in [0, 1], as the study's Rescaling(1
 UNIT_STD = (1.0, 1.0, 1.0)
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """What a model expects: square input size in pixels and per-channel normalisation of [0, 1] pixels."""
+    """What a model expects: square input size in pixels, how a photo becomes that square, and the
+    per-channel normalisation of [0, 1] pixels.
+
+    `crop_fraction` None: the whole photo squashed to the square (the study's Keras loader). A number
+    (timm's `crop_pct`): the shorter side scaled to floor(image_size / crop_fraction), then the centre
+    square cut out, as timm's evaluation transform does. `interpolation` is the resampling filter."""
 
     image_size: int = 128
     mean: tuple[float, float, float] = UNIT_MEAN
     std: tuple[float, float, float] = UNIT_STD
+    interpolation: str = "bilinear"
+    crop_fraction: float | None = None
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            choices = ", ".join(INTERPOLATIONS)
+            raise ValueError(f"Unknown interpolation '{self.interpolation}'; choose one of: {choices}.")
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be above 0 and at most 1, not {self.crop_fraction}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
-        return cls(int(values["image_size"]), tuple(values["mean"]), tuple(values["std"]))
+        """Also reads cards written before `interpolation` and `crop_fraction` existed (bilinear, squashed)."""
+        crop = values.get("crop_fraction")
+        return cls(
+            int(values["image_size"]),
+            tuple(values["mean"]),
+            tuple(values["std"]),
+            values.get("interpolation", "bilinear"),
+            None if crop is None else float(crop),
+        )
 
 
 @dataclass

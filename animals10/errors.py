@@ -23,3 +23,7 @@ class WeightsUnavailableError(Animals10Error):
 
 class ArtifactError(Animals10Error):
     """A model artifact that is missing or malformed."""
+
+
+class SettingsError(Animals10Error, ValueError):
+    """Settings that cannot work together, such as an input size the chosen model cannot take."""

@@ -8,10 +8,12 @@ inside. Beside the file, `<file>.json` holds the class names in order, the input
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -69,6 +71,14 @@ def _torchscript_bytes(network: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost error, which says why (the outer ones say which exporter step failed)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def export_model(model_uri: str, format: str = "onnx", output: str | None = None) -> str:
     """Writes the artifact at `model_uri` as ONNX or TorchScript to `output` (default: beside the weights,
     `model.onnx` or `model.pt`) and its description to `<output>.json`; returns `output`."""
@@ -80,13 +90,19 @@ def export_model(model_uri: str, format: str = "onnx", output: str | None = None
     network = PhotosToProbabilities(loaded.model, card).eval()
     size = card.preprocessing.image_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    # A failed trace prints whole graphs to stderr in warnings; the error below says why in one line.
+    torch_logger.setLevel(logging.ERROR)
     try:
-        data = _onnx_bytes(network, example) if format == "onnx" else _torchscript_bytes(network, example)
+        with contextlib.redirect_stderr(io.StringIO()):
+            data = _onnx_bytes(network, example) if format == "onnx" else _torchscript_bytes(network, example)
     except Exception as error:  # noqa: BLE001 - the exporters raise many types; the reason goes in the sentence
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ArtifactError(
-            f"The {card.architecture} model in '{model_uri}' cannot be exported to {format}: {first_line}"
+            f"The {card.architecture} model in '{model_uri}' cannot be exported to {format}: {_root_cause(error)}"
         ) from error
+    finally:
+        torch_logger.setLevel(level)
     storage.write_bytes(output, data)
     description = {
         "format": format,

@@ -7,15 +7,20 @@ skip and count it instead of dying: one corrupt file never stops a job.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from animals10.card import Preprocessing
+
 # About 8,000 x 8,000 photos: far above any real camera frame we expect, far below a bomb.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-photo
+
+PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 class ImageDecodeError(ValueError):
@@ -80,13 +85,43 @@ def decode_image(data: bytes, size: int | None = None, max_pixels: int = DEFAULT
         raise ImageDecodeError("corrupt", f"the image is damaged or truncated ({error})") from error
 
 
-def resize_array(image: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> (size, size, 3) uint8, squashed to a square as the study's Keras loader did."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-    return np.asarray(image, dtype=np.uint8)
+def resized_crop(width: int, height: int, preprocessing: Preprocessing) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where a width x height photo goes: its resized (width, height), and the (left, top) corner of the
+    square of the model's size cut from that. The same arithmetic as torchvision's Resize(int) and
+    CenterCrop, which timm's evaluation transform uses; a squashed photo is resized to the square itself."""
+    size = preprocessing.image_size
+    if preprocessing.crop_fraction is None:
+        return (size, size), (0, 0)
+    short = math.floor(size / preprocessing.crop_fraction)
+    if width <= height:
+        resized = (short, int(short * height / width))
+    else:
+        resized = (int(short * width / height), short)
+    return resized, (int(round((resized[0] - size) / 2.0)), int(round((resized[1] - size) / 2.0)))
 
 
-def load_array(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes -> (size, size, 3) uint8: the one decode path of training, evaluation, batch jobs and serving."""
-    return resize_array(decode_image(data, size, max_pixels), size)
+def resize_array(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """RGB image -> (S, S, 3) uint8 as `preprocessing` says: squashed to the square (the study's Keras
+    loader), or scaled and centre-cropped (timm's models)."""
+    size = preprocessing.image_size
+    resample = PIL_FILTERS[preprocessing.interpolation]
+    if preprocessing.crop_fraction is None:
+        if image.size != (size, size):
+            image = image.resize((size, size), resample, reducing_gap=2.0)
+        return np.asarray(image, dtype=np.uint8)
+    resized, (left, top) = resized_crop(*image.size, preprocessing)
+    if image.size != resized:
+        image = image.resize(resized, resample)
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_size(preprocessing: Preprocessing) -> int:
+    """The smallest square a JPEG may be decoded at (DCT scaling) and still give `resize_array` what it needs."""
+    if preprocessing.crop_fraction is None:
+        return preprocessing.image_size
+    return math.floor(preprocessing.image_size / preprocessing.crop_fraction)
+
+
+def load_array(data: bytes, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes -> (S, S, 3) uint8: the one decode path of training, evaluation, batch jobs and serving."""
+    return resize_array(decode_image(data, decode_size(preprocessing), max_pixels), preprocessing)

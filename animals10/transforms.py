@@ -70,7 +70,7 @@ def fit_to_model(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] -> resized to the model's size S when it is another size, normalised."""
     size = preprocessing.image_size
     if x.shape[-2:] != (size, size):  # photos decoded larger for sharper crops (TrainConfig.augment_size)
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(size, size), mode=preprocessing.interpolation, antialias=True, align_corners=False)
     x = normalise(x, preprocessing)
     if on_gpu(x.device):
         x = x.contiguous(memory_format=torch.channels_last)

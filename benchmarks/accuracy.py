@@ -104,6 +104,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--cpus-per-worker", type=int, default=2)
     parser.add_argument(
+        "--weights", help="ImageNet weights file of the transfer model (e.g. a timm model's safetensors)"
+    )
+    parser.add_argument(
         "--held-out", help="a labelled tree of other photos (a subset of the classes) to score every model on"
     )
     parser.add_argument("--results", default="accuracy_results.json", help="where the per-run figures go")
@@ -163,6 +166,7 @@ def train_and_score(
             test_size=args.test_size,
             fine_tune_lr=args.fine_tune_lr,
             copies=args.copies,
+            weights=args.weights,
         ).with_augmentation(
             trivial_augment=args.trivial_augment,
             mixup_alpha=args.mixup,
@@ -329,7 +333,7 @@ def probe_features(model_name: str, paths: list[str], image_size: int, batch_siz
     preprocessing = Preprocessing(image_size=image_size, mean=spec.mean, std=spec.std)
     out = []
     for start in range(0, len(paths), batch_size):
-        photos = np.stack([load_photo(p, image_size)[0] for p in paths[start : start + batch_size]])
+        photos = np.stack([load_photo(p, preprocessing)[0] for p in paths[start : start + batch_size]])
         out.append(model.backbone(to_model_input(torch.from_numpy(photos), preprocessing)))
     return torch.cat(out)
 

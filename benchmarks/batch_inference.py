@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from animals10 import storage  # noqa: E402
+from animals10.card import Preprocessing  # noqa: E402
 from animals10.imaging import ImageDecodeError, load_array  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench-images"
@@ -71,7 +72,7 @@ def build_artifact(root: Path, image_size: int) -> str:
 
 def decode(path: str, size: int) -> tuple[np.ndarray, bool]:
     try:
-        return load_array(storage.read_bytes(path), size), True
+        return load_array(storage.read_bytes(path), Preprocessing(size)), True
     except (ImageDecodeError, OSError):
         return np.zeros((size, size, 3), np.uint8), False
 

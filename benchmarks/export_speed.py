@@ -73,7 +73,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             uri = build_artifact(Path(tmp), name)
-            photos = np.stack([load_array(path.read_bytes(), SIZES[name]) for path in files])
+            photos = np.stack([load_array(path.read_bytes(), Preprocessing(SIZES[name])) for path in files])
             batches = [photos[i : i + args.batch_size] for i in range(0, len(photos), args.batch_size)]
             predictor = Predictor(uri, device="cpu", mixed_precision=False)
             options = onnxruntime.SessionOptions()

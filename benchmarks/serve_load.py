@@ -71,7 +71,7 @@ def run_baseline_server(artifact: str, port: int, torch_threads: int) -> None:
     async def predict(request: Request):
         data = await request.body()
         try:
-            array = load_array(data, predictor.image_size)
+            array = load_array(data, predictor.preprocessing)
         except ImageDecodeError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         result = predictor.describe(predictor.predict_probabilities(array[None].copy()))[0]

@@ -56,7 +56,7 @@ def plain_loop(data: str, model_name: str, image_size: int, batch_size: int, epo
         def batches(order=order):
             for offset in range(0, len(order), batch_size):
                 chosen = order[offset : offset + batch_size]
-                images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), image_size) for i in chosen])
+                images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), preprocessing) for i in chosen])
                 yield {
                     "image": images,
                     "label": np.array([tree.labels[i] for i in chosen]),

@@ -114,7 +114,9 @@ def artifacts(tmp_path_factory, demo_tree):
 
     tree = read_labelled_tree(str(demo_tree))
     train, _ = split_indices(tree, VAL_FRACTION, SPLIT_SEED)
-    images = torch.as_tensor(np.stack([load_array(open(tree.paths[i], "rb").read(), IMAGE_SIZE) for i in train]))
+    images = torch.as_tensor(
+        np.stack([load_array(open(tree.paths[i], "rb").read(), Preprocessing(IMAGE_SIZE)) for i in train])
+    )
     labels = torch.as_tensor([tree.labels[i] for i in train])
     x = to_model_input(images, Preprocessing(image_size=IMAGE_SIZE))
     root = tmp_path_factory.mktemp("runs")

@@ -43,3 +43,21 @@ def test_missing_or_damaged_artifacts_are_one_sentence(tmp_path, untrained_artif
     (broken / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(ArtifactError, match="damaged"):
         load_model(str(broken))
+
+
+def test_a_card_of_an_unknown_architecture_or_an_older_card_is_handled(tmp_path, untrained_artifact):
+    import shutil
+
+    unknown = tmp_path / "unknown"
+    shutil.copytree(untrained_artifact, unknown)
+    card = json.loads((unknown / "model_card.json").read_text())
+    (unknown / "model_card.json").write_text(json.dumps({**card, "architecture": "resnet9000"}))
+    with pytest.raises(ArtifactError, match="cannot be built: Unknown model 'resnet9000'"):
+        load_model(str(unknown))
+
+    older = tmp_path / "older"  # written before the card had interpolation and crop: squashed, bilinear
+    shutil.copytree(untrained_artifact, older)
+    preprocessing = {k: card["preprocessing"][k] for k in ("image_size", "mean", "std")}
+    (older / "model_card.json").write_text(json.dumps({**card, "preprocessing": preprocessing}))
+    stored = read_card(str(older)).preprocessing
+    assert (stored.image_size, stored.interpolation, stored.crop_fraction) == (64, "bilinear", None)

@@ -19,9 +19,10 @@ from animals10.batch.job import BatchConfig, classify_images
 from animals10.batch.parts import PART_PREFIX, PART_SUFFIX, SUMMARY_FILE, prediction_schema
 from animals10.batch.sources import Shard
 from animals10.batch.steps import ClassifyShard, _shard_table, decode_shard
+from animals10.card import Preprocessing
 from animals10.cli.main import main
 from animals10.imaging import load_array
-from animals10.labels import class_name_for_folder
+from animals10.labels import ANIMALS10_CLASSES, class_name_for_folder
 from tests.conftest import _free_port, jpeg_bytes, random_photo
 from tests.s3_proxy import S3Proxy
 
@@ -97,7 +98,7 @@ def test_batch_job_gives_the_same_probabilities_as_the_predictor(demo_output, un
 
     rows = read_output(demo_output[0]).to_pylist()[:24]
     predictor = Predictor(untrained_artifact, device="cpu", top_k=10)
-    images = np.stack([load_array(Path(r["path"]).read_bytes(), predictor.image_size) for r in rows])
+    images = np.stack([load_array(Path(r["path"]).read_bytes(), predictor.preprocessing) for r in rows])
     expected = predictor.predict_probabilities(images)
     for row, probabilities in zip(rows, expected):
         got = np.zeros(len(predictor.class_names), dtype=np.float32)
@@ -306,9 +307,9 @@ def test_gpu_decode_without_a_gpu_decodes_on_the_cpu_with_the_same_result(untrai
     for name, data in photos.items():
         (tmp_path / name).write_bytes(data)
     shard = _shard_table(Shard("s-000000", paths=[str(tmp_path / n) for n in photos], errors=[""] * 4), None)
-    plain = decode_shard(shard, 64)
-    gpu_style = decode_shard(shard, 64, gpu_share=1.0)
-    mixed = decode_shard(shard, 64, gpu_share=0.5)
+    plain = decode_shard(shard, Preprocessing(64))
+    gpu_style = decode_shard(shard, Preprocessing(64), gpu_share=1.0)
+    mixed = decode_shard(shard, Preprocessing(64), gpu_share=0.5)
     assert gpu_style.column("jpegs")[0].as_py() == [
         photos["a.jpg"],
         b"",
@@ -325,6 +326,32 @@ def test_gpu_decode_without_a_gpu_decodes_on_the_cpu_with_the_same_result(untrai
         results.append(read_output(str(tmp_path / "out")).to_pylist())
     assert results[0] == results[1] == results[2]
     assert results[0][2]["error"].startswith("not_image: ")
+
+
+@pytest.mark.parametrize("photo_size", [(300, 200), (150, 260)])
+def test_the_device_decode_path_crops_as_the_cpu_path_does(tmp_path, photo_size):
+    """A timm-style card (bicubic, centre crop): torchvision's decode and torch's resize on the model's
+    device cut the same square as Pillow does (run here on the CPU, as on a GPU without nvJPEG)."""
+    from skimage import data
+
+    from animals10.artifact import save_artifact
+    from animals10.card import ModelCard
+    from animals10.models import create_model
+
+    preprocessing = Preprocessing(64, interpolation="bicubic", crop_fraction=0.875)
+    uri = str(tmp_path / "cropping")
+    card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), preprocessing)
+    save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, uri)
+    job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4}
+    classify = ClassifyShard(uri, str(tmp_path / "out"), job, labelled=False)
+    jpeg = encode(np.asarray(Image.fromarray(data.astronaut()).resize(photo_size)), "JPEG")
+    [on_device] = classify._decode_on_device([0], [jpeg]).values()
+    on_cpu = load_array(jpeg, preprocessing)
+    assert on_device.shape == on_cpu.shape == (64, 64, 3)
+    # Decoders and resampling kernels differ by a few levels; a square cut elsewhere differs by tens.
+    difference = np.abs(on_device.astype(np.int16) - on_cpu.astype(np.int16)).mean()
+    shifted = np.abs(on_device[:, 4:].astype(np.int16) - on_cpu[:, :-4].astype(np.int16)).mean()
+    assert difference < 4 < shifted
 
 
 # --- Bad input: one sentence and a non-zero exit ----------------------------------------------

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
+from animals10.card import Preprocessing
 from animals10.data import decode_batch, read_labelled_tree, split_indices
 from animals10.errors import DataError
 from tests.conftest import jpeg_bytes
@@ -72,7 +73,8 @@ def test_decode_batch_marks_bad_files_and_keeps_the_rest(tmp_path):
     empty.write_bytes(b"")
     missing = tmp_path / "missing.jpg"
     batch = decode_batch(
-        {"path": np.array([str(good), str(empty), str(missing)], dtype=object), "label": np.array([0, 1, 2])}, 32
+        {"path": np.array([str(good), str(empty), str(missing)], dtype=object), "label": np.array([0, 1, 2])},
+        Preprocessing(32),
     )
     assert batch["image"].shape == (3, 32, 32, 3)
     assert batch["error"][0] == "" and batch["error"][1].startswith("empty") and batch["error"][2].startswith("missing")

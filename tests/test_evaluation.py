@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from animals10.card import Preprocessing
 from animals10.data import read_labelled_tree, split_indices
 from animals10.errors import DataError
 from animals10.evaluation import evaluate_model
@@ -46,7 +47,7 @@ def test_scoring_a_parquet_output_gives_the_same_numbers_as_scoring_the_folder(a
     uri = artifacts["custom_cnn"]
     tree = read_labelled_tree(str(demo_tree))
     predictor = Predictor(uri, top_k=3)
-    photos = np.stack([load_array(open(path, "rb").read(), IMAGE_SIZE) for path in tree.paths])
+    photos = np.stack([load_array(open(path, "rb").read(), Preprocessing(IMAGE_SIZE)) for path in tree.paths])
     described = predictor.describe(predictor.predict_probabilities(photos))
     # The rows batch inference writes for a labelled folder.
     rows = [
@@ -93,7 +94,7 @@ def test_flip_tta_averages_the_photo_and_its_mirror(artifacts, demo_tree):
 
     predictor = Predictor(artifacts["custom_cnn"])
     path = read_labelled_tree(str(demo_tree)).paths[0]
-    photo = np.array(load_array(open(path, "rb").read(), IMAGE_SIZE))  # writable, as torch wants
+    photo = np.array(load_array(open(path, "rb").read(), Preprocessing(IMAGE_SIZE)))  # writable, as torch wants
     expected = (
         predictor.predict_probabilities(photo[None])
         + predictor.predict_probabilities(np.ascontiguousarray(photo[None, :, ::-1]))

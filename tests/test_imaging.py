@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from animals10.card import Preprocessing
 from animals10.imaging import ImageDecodeError, decode_image, load_array
 
 
@@ -17,7 +18,7 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def test_rgb_jpeg_is_resized_to_the_model_input():
     data = encode(Image.new("RGB", (300, 200), (10, 200, 30)), "JPEG")
-    array = load_array(data, 64)
+    array = load_array(data, Preprocessing(64))
     assert array.shape == (64, 64, 3) and array.dtype == np.uint8
     assert abs(int(array[32, 32, 1]) - 200) < 6
 
@@ -78,7 +79,7 @@ def test_large_jpeg_is_drafted_at_reduced_scale():
 )
 def test_bad_files_raise_a_decode_error_with_their_kind(data, kind):
     with pytest.raises(ImageDecodeError) as caught:
-        load_array(data, 32)
+        load_array(data, Preprocessing(32))
     assert caught.value.kind == kind
 
 
@@ -86,7 +87,7 @@ def test_bad_files_raise_a_decode_error_with_their_kind(data, kind):
 def test_truncated_file_is_corrupt(fmt):
     data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)), fmt)
     with pytest.raises(ImageDecodeError) as caught:
-        load_array(data[: len(data) // 2], 32)
+        load_array(data[: len(data) // 2], Preprocessing(32))
     assert caught.value.kind == "corrupt"
 
 
@@ -95,7 +96,7 @@ def test_decompression_bomb_is_refused_before_decoding():
     bomb = encode(Image.new("1", (20_000, 20_000)), "PNG")
     assert len(bomb) < 200_000
     with pytest.raises(ImageDecodeError) as caught:
-        load_array(bomb, 32)
+        load_array(bomb, Preprocessing(32))
     assert caught.value.kind == "too_large"
     with pytest.raises(ImageDecodeError, match="over the limit"):
-        load_array(encode(Image.new("RGB", (200, 100)), "PNG"), 32, max_pixels=10_000)
+        load_array(encode(Image.new("RGB", (200, 100)), "PNG"), Preprocessing(32), max_pixels=10_000)

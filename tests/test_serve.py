@@ -86,7 +86,7 @@ def predictor(untrained_artifact):
 def offline(predictor, data: bytes) -> dict:
     from animals10.imaging import load_array
 
-    return predictor.describe(predictor.predict_probabilities(load_array(data, predictor.image_size)[None]))[0]
+    return predictor.describe(predictor.predict_probabilities(load_array(data, predictor.preprocessing)[None]))[0]
 
 
 def assert_same_prediction(online: dict, expected: dict) -> None:

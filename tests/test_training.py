@@ -27,7 +27,7 @@ def validation_accuracy(artifact_uri: str, data_dir) -> float:
     predictor = Predictor(artifact_uri, device="cpu")
     tree = read_labelled_tree(data_dir)
     _, val = split_indices(tree, 0.2, 42)
-    images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), predictor.image_size) for i in val])
+    images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), predictor.preprocessing) for i in val])
     predicted = predictor.predict_probabilities(images).argmax(1)
     return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
 

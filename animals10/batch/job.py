@@ -24,6 +24,7 @@ from animals10 import storage
 from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
 from animals10.batch.sources import Plan, plan_manifest, plan_tree
 from animals10.batch.steps import ClassifyShard, check_same_job, decode_shard, produce_shards
+from animals10.card import Preprocessing
 from animals10.cluster import connect_ray
 from animals10.errors import Animals10Error, DataError
 from animals10.imaging import DEFAULT_MAX_PIXELS
@@ -181,7 +182,7 @@ def classify_images(
     summary = JobSummary(model=card.id, input=plan.input, output=config.output_uri, true_label=plan.labelled)
     totals = _Totals()
     connect_ray()
-    _run_pipeline(config, plan, job, card.preprocessing.image_size, totals, summary, started, on_part_written)
+    _run_pipeline(config, plan, job, card.preprocessing, totals, summary, started, on_part_written)
 
     summary.files_seen, summary.duplicates, summary.parts = totals.rows, totals.duplicates, totals.parts
     summary.already_done, summary.processed_this_run, summary.parts_written = (
@@ -207,7 +208,7 @@ def _run_pipeline(
     config: BatchConfig,
     plan: Plan,
     job: dict,
-    image_size: int,
+    preprocessing: Preprocessing,
     totals: _Totals,
     summary: JobSummary,
     started: float,
@@ -252,9 +253,9 @@ def _run_pipeline(
             # A decode task holds its shard's pixels and one photo of up to max_pixels. Declaring that
             # memory also keeps decoding in its own tasks: Ray Data fuses map steps whose resource
             # requests are equal, and fused into the replicas, decoding would run in series with inference.
-            memory=decode_task_memory(config, image_size),
+            memory=decode_task_memory(config, preprocessing.image_size),
             fn_kwargs={
-                "image_size": image_size,
+                "preprocessing": preprocessing,
                 "max_pixels": config.max_pixels,
                 "gpu_share": gpu_share,
                 "s3_endpoint": endpoint,

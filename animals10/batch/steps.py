@@ -23,9 +23,10 @@ import pyarrow as pa
 from animals10 import storage
 from animals10.batch.parts import error_kind, part_uri, prediction_schema, read_part_stats, write_part
 from animals10.batch.sources import Shard, Unit, iter_shards
+from animals10.card import Preprocessing
 from animals10.data import photo_error
 from animals10.errors import DataError
-from animals10.imaging import DEFAULT_MAX_PIXELS, load_array, open_image
+from animals10.imaging import DEFAULT_MAX_PIXELS, load_array, open_image, resized_crop
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def check_same_job(stats: dict, expected: dict, uri: str) -> None:
 
 def decode_shard(
     shards: pa.Table,
-    image_size: int,
+    preprocessing: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     gpu_share: float = 0.0,
     s3_endpoint: str | None = None,
@@ -110,7 +111,8 @@ def decode_shard(
     pixels, jpegs, errors = [], [], []
     for row in shards.select(["paths", "errors", "done"]).to_pylist():
         paths, shard_errors = row["paths"], list(row["errors"])
-        images = np.zeros((len(paths), image_size, image_size, 3), dtype=np.uint8)
+        size = preprocessing.image_size
+        images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
         blobs = [b""] * len(paths)
         for i, path in enumerate(paths):
             if shard_errors[i]:
@@ -120,7 +122,7 @@ def decode_shard(
                 if gpu_share > 0 and int((i + 1) * gpu_share) > int(i * gpu_share) and _gpu_decodable(data, max_pixels):
                     blobs[i] = data
                 else:
-                    images[i] = load_array(data, image_size, max_pixels)
+                    images[i] = load_array(data, preprocessing, max_pixels)
             except Exception as error:  # noqa: BLE001 - named by photo_error; one odd file never stops the job
                 shard_errors[i] = photo_error(error)
             if shard_errors[i]:
@@ -216,31 +218,32 @@ class ClassifyShard:
     def _decode_jpegs(self, jpegs: list[bytes], images: np.ndarray, errors: list[str]) -> np.ndarray:
         """Decodes the photos that travelled as JPEG bytes: with nvJPEG on the GPU, `batch_size` at a
         time, else (and for any file nvJPEG refuses) with the CPU path, which also names the error."""
-        size = images.shape[1]
         images = images.copy()
         todo = [(i, bytes(b)) for i, b in enumerate(jpegs) if b and not errors[i]]
         decoded: dict[int, np.ndarray] = {}
         if self.gpu_decode:
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start : start + self.batch_size]
-                decoded.update(self._decode_on_device([i for i, _ in chunk], [b for _, b in chunk], size))
+                decoded.update(self._decode_on_device([i for i, _ in chunk], [b for _, b in chunk]))
         for i, data in todo:
             if i in decoded:
                 images[i] = decoded[i]
                 continue
             try:
-                images[i] = load_array(data, size, self.max_pixels)
+                images[i] = load_array(data, self.predictor.preprocessing, self.max_pixels)
             except Exception as error:  # noqa: BLE001 - named by photo_error
                 errors[i] = photo_error(error)
         return images
 
-    def _decode_on_device(self, indices: list[int], blobs: list[bytes], size: int) -> dict[int, np.ndarray]:
-        """One nvJPEG call for the whole list, resized on the GPU; one copy back."""
+    def _decode_on_device(self, indices: list[int], blobs: list[bytes]) -> dict[int, np.ndarray]:
+        """One nvJPEG call for the whole list, resized (and cropped, as the model's preprocessing says)
+        on the GPU; one copy back."""
         import torch
         import torch.nn.functional as F
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        device = self.predictor.device
+        device, preprocessing = self.predictor.device, self.predictor.preprocessing
+        size = preprocessing.image_size
         tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
         try:
             outputs = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
@@ -255,12 +258,14 @@ class ClassifyShard:
         for i, image in zip(indices, outputs):
             if image is None:
                 continue
-            # (3, H, W) uint8 on the GPU -> (3, S, S); antialiased bilinear, as Pillow's resize
+            # (3, H, W) uint8 on the GPU -> (3, S, S); antialiased, as Pillow's resize
+            (width, height), (left, top) = resized_crop(image.shape[2], image.shape[1], preprocessing)
             x = F.interpolate(
-                image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
+                image[None].float(), size=(height, width), mode=preprocessing.interpolation, antialias=True,
+                align_corners=False,
+            )  # fmt: skip
             kept.append(i)
-            resized.append(x[0])
+            resized.append(x[0, :, top : top + size, left : left + size])
         if not resized:
             return {}
         arrays = torch.stack(resized).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

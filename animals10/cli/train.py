@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 
 from animals10.cli.arguments import alpha, count, fraction, positive_int, probability
-from animals10.models import list_models
+from animals10.models import get_model_spec, model_choices
 from animals10.report.document import Table
 from animals10.training.config import DEFAULT_MODELS, KEEP_CHOICES, RECIPES, TrainConfig, recipe_config
 from animals10.training.driver import TrainedModel, train_models
@@ -19,13 +19,26 @@ TRAIN_EXAMPLES = """\
       --num-workers 4 --use-gpu --output s3://my-bucket/runs/exp1"""
 
 
+def model_name(text: str) -> str:
+    """argparse type of --model: a registered name or `timm:<name>` that timm knows."""
+    try:
+        get_model_spec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_train_arguments(parser) -> None:
     defaults = TrainConfig()
     parser.add_argument(
         "--data", required=True, help="labelled tree <root>/<class>/<photo>, a local dir or s3://bucket/prefix"
     )
     parser.add_argument(
-        "--model", action="append", choices=list_models(), help=f"repeatable (default: {' and '.join(DEFAULT_MODELS)})"
+        "--model",
+        action="append",
+        type=model_name,
+        metavar="NAME",
+        help=f"{model_choices()}, e.g. timm:convnext_tiny; repeatable (default: {' and '.join(DEFAULT_MODELS)})",
     )
     parser.add_argument(
         "--recipe",
@@ -130,7 +143,12 @@ def add_train_arguments(parser) -> None:
         help="decode the photos once and keep them in Ray's object store for every epoch (default: when they take at "
         "most a quarter of it)",
     )
-    parser.add_argument("--weights", help="file with the backbone's ImageNet weights (torchvision's mobilenet_v2 .pth)")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="the backbone's ImageNet weights, safetensors or a weights-only torch file (torchvision's mobilenet_v2 "
+        ".pth; a timm model's model.safetensors): for a machine without the network",
+    )
     parser.add_argument(
         "--no-pretrained",
         dest="pretrained",

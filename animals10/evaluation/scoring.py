@@ -102,7 +102,7 @@ def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
             chunk = paths[start : start + batch_size]
             images = []
-            for offset, (image, error) in enumerate(pool.map(lambda p: load_photo(p, predictor.image_size), chunk)):
+            for offset, (image, error) in enumerate(pool.map(lambda p: load_photo(p, predictor.preprocessing), chunk)):
                 if image is None:
                     logger.warning("Skipping %s: %s.", chunk[offset], error)
                     skipped.append((chunk[offset], error))

@@ -2,7 +2,8 @@
 
 Models return logits; softmax is applied by whoever turns them into probabilities. Importing this
 package registers the three architectures: `custom_cnn` (custom_cnn.py), `mobilenet_v2` and
-`efficientnet_lite0` (transfer.py).
+`efficientnet_lite0` (transfer.py), and the family `timm:<name>` (timm_zoo.py): a name with a
+registered prefix is resolved by that family when it is first asked for.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from animals10.errors import WeightsUnavailableError
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a registered model needs besides its weights."""
+    """What a registered model needs besides its weights: its preprocessing and how it trains."""
 
     name: str
     build: Callable[..., nn.Module]
@@ -27,27 +28,53 @@ class ModelSpec:
     std: tuple[float, float, float]
     default_epochs: int
     transfer: bool  # pretrained backbone trained in two phases: head only, then top blocks
+    # The recipe's values for a family apply to each of its models: scratch | batchnorm | layernorm.
+    family: str = "scratch"
+    input_size: int | None = None  # the size its pretrained weights were made for; None: the recipe's
+    fixed_input_size: bool = False  # it takes no other size (e.g. a ViT's position embeddings)
+    interpolation: str = "bilinear"
+    crop_fraction: float | None = None  # see card.Preprocessing
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_FAMILIES: dict[str, Callable[[str], ModelSpec]] = {}  # name prefix -> resolver of names with it
 
 
-def register_model(name: str, *, mean, std, default_epochs: int, transfer: bool):
+def register_model(name: str, *, mean, std, default_epochs: int, transfer: bool, family: str = "scratch"):
     def decorator(build):
-        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), default_epochs, transfer)
+        _REGISTRY[name] = ModelSpec(name, build, tuple(mean), tuple(std), default_epochs, transfer, family)
         return build
 
     return decorator
 
 
+def register_family(prefix: str, resolve: Callable[[str], ModelSpec]) -> None:
+    """Names `<prefix><anything>` are resolved by `resolve(name)`, which raises ValueError for a bad name."""
+    _FAMILIES[prefix] = resolve
+
+
 def list_models() -> list[str]:
+    """The registered names (a family's models are not listed: `model_choices` names the family)."""
     return sorted(_REGISTRY)
 
 
+def model_choices() -> str:
+    """What a user may pass as a model name, for messages and help texts."""
+    return ", ".join([*list_models(), *(f"{prefix}<name>" for prefix in sorted(_FAMILIES))])
+
+
 def get_model_spec(name: str) -> ModelSpec:
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown model '{name}'; choose one of: {', '.join(list_models())}.")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for prefix, resolve in _FAMILIES.items():
+        if name.startswith(prefix):
+            return resolve(name)
+    raise ValueError(f"Unknown model '{name}'; choose one of: {model_choices()}.")
+
+
+def folder_name(name: str) -> str:
+    """A model name as a file or folder name: `timm:resnet50` -> `timm-resnet50`."""
+    return name.replace(":", "-")
 
 
 def create_model(

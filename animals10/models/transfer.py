@@ -43,7 +43,7 @@ IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
 class TransferModel(nn.Module):
     """A pretrained backbone (image -> pooled features) and a new dense head with dropout.
 
-    `stages` names the backbone's blocks from input to output (each a list of submodule names), so
+    `stages` names the backbone's blocks from input to output (each a list of parameter names), so
     that the top ones can be unfrozen for fine-tuning. BatchNorm layers whose parameters are frozen
     stay in eval mode (ImageNet running statistics), as Keras does for a frozen base; after
     `freeze_batchnorm()` all of them do, trainable or not, as Keras advises for fine-tuning on little data.
@@ -87,7 +87,7 @@ class TransferModel(nn.Module):
         count = min(len(self.stages), math.ceil(len(self.stages) * fraction))
         for stage in self.stages[len(self.stages) - count :]:
             for name in stage:
-                self.backbone.get_submodule(name).requires_grad_(True)
+                self.backbone.get_parameter(name).requires_grad_(True)
         self.train(self.training)
         return count
 
@@ -142,24 +142,33 @@ class Backbone:
     """A pretrained network cut for transfer: image -> pooled features, its stages, and its ImageNet classifier."""
 
     network: nn.Module  # (B, 3, H, W) -> (B, num_features)
-    stages: list[list[str]]  # submodule names of its blocks, from input to output
+    stages: list[list[str]]  # parameter names of its blocks, from input to output
     num_features: int
-    imagenet_classifier: nn.Linear
+    imagenet_classifier: nn.Linear | None  # None: it has no ImageNet-1k classifier to start the head from
 
 
-def _transfer_model(
+def parameters_under(network: nn.Module, modules: list[str]) -> list[str]:
+    """The names of the parameters of `network` inside the given submodules."""
+    return [name for name, _ in network.named_parameters() if any(name.startswith(f"{m}.") for m in modules)]
+
+
+def transfer_model(
     backbone: Backbone, num_classes: int, dropout: float, head_classes: Sequence[str] | None
 ) -> TransferModel:
     """The backbone with a new head; `head_classes` (the class names): the head starts from ImageNet's classifier."""
     model = TransferModel(backbone.network, backbone.stages, backbone.num_features, num_classes, dropout)
-    if head_classes is not None:
+    if head_classes is not None and backbone.imagenet_classifier is None:
+        logger.warning("The head starts at random: the backbone's weights have no ImageNet-1k classifier.")
+    elif head_classes is not None:
         missing = model.start_head_from_imagenet(backbone.imagenet_classifier, head_classes)
         if missing:
             logger.warning("The head starts at random: ImageNet has no class for %s.", ", ".join(missing))
     return model
 
 
-@register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, default_epochs=20, transfer=True)
+@register_model(
+    "mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD, default_epochs=20, transfer=True, family="batchnorm"
+)
 def mobilenet_v2(num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2,
                  head_classes: Sequence[str] | None = None) -> nn.Module:  # fmt: skip
     """torchvision's MobileNetV2; `head_classes` (with `pretrained`): the head starts from ImageNet's classifier."""
@@ -167,9 +176,9 @@ def mobilenet_v2(num_classes: int, pretrained: bool = True, weights_path: str | 
 
     base = load_mobilenet_v2_imagenet(weights_path) if pretrained else build(weights=None)
     network = nn.Sequential(base.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    stages = [[f"0.{i}"] for i in range(len(base.features))]
+    stages = [parameters_under(network, [f"0.{i}"]) for i in range(len(base.features))]
     backbone = Backbone(network, stages, base.last_channel, base.classifier[-1])
-    return _transfer_model(backbone, num_classes, dropout, head_classes if pretrained else None)
+    return transfer_model(backbone, num_classes, dropout, head_classes if pretrained else None)
 
 
 def load_efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Module:
@@ -200,7 +209,9 @@ def load_efficientnet_lite0_imagenet(weights_path: str | None = None) -> nn.Modu
     return model
 
 
-@register_model("efficientnet_lite0", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), default_epochs=20, transfer=True)
+@register_model(
+    "efficientnet_lite0", mean=(0.5,) * 3, std=(0.5,) * 3, default_epochs=20, transfer=True, family="batchnorm"
+)
 def efficientnet_lite0(num_classes: int, pretrained: bool = True, weights_path: str | None = None, dropout: float = 0.2,
                        head_classes: Sequence[str] | None = None) -> nn.Module:  # fmt: skip
     """timm's EfficientNet-Lite0; `head_classes` (with `pretrained`): the head starts from ImageNet's classifier."""
@@ -209,6 +220,7 @@ def efficientnet_lite0(num_classes: int, pretrained: bool = True, weights_path: 
     base = load_efficientnet_lite0_imagenet(weights_path) if pretrained else timm.create_model("tf_efficientnet_lite0")
     imagenet_classifier = base.classifier
     base.reset_classifier(0)  # forward() now returns pooled (B, 1280) features
-    stages = [["conv_stem", "bn1"], *[[f"blocks.{i}"] for i in range(len(base.blocks))], ["conv_head", "bn2"]]
+    blocks = [["conv_stem", "bn1"], *[[f"blocks.{i}"] for i in range(len(base.blocks))], ["conv_head", "bn2"]]
+    stages = [parameters_under(base, names) for names in blocks]
     backbone = Backbone(base, stages, base.num_features, imagenet_classifier)
-    return _transfer_model(backbone, num_classes, dropout, head_classes if pretrained else None)
+    return transfer_model(backbone, num_classes, dropout, head_classes if pretrained else None)

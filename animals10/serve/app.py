@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from animals10.card import Preprocessing
 from animals10.predictor import Predictor
 from animals10.serve.batching import BatchMerger
 from animals10.serve.config import (
@@ -222,8 +223,8 @@ class Classifier:
         if predictor is None:
             raise RequestError(503, "The model is not loaded yet; retry in a moment.")
         photos = await read_photos(request, self.max_body_bytes, self.max_files)
-        size = predictor.image_size
-        arrays = await asyncio.gather(*(self._decode(name, data, size) for name, data in photos))
+        preprocessing = predictor.preprocessing
+        arrays = await asyncio.gather(*(self._decode(name, data, preprocessing) for name, data in photos))
         answers = await asyncio.gather(*(self.classify((predictor, array)) for array in arrays))
         predictions = [{"file": name, **result} for (name, _), (result, _) in zip(photos, answers)]
         batch_size = max(size for _, size in answers)
@@ -232,10 +233,10 @@ class Classifier:
             headers={"x-batch-size": str(batch_size), "x-model-id": predictor.model_id},
         )
 
-    async def _decode(self, name: str | None, data: bytes, size: int) -> np.ndarray:
+    async def _decode(self, name: str | None, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
         if len(data) <= INLINE_DECODE_MAX_BYTES:
-            return decode_photo(name, data, size)
-        return await asyncio.to_thread(decode_photo, name, data, size)
+            return decode_photo(name, data, preprocessing)
+        return await asyncio.to_thread(decode_photo, name, data, preprocessing)
 
     @api.get("/", summary="A page to try the model: pick or drop photos, see their top-3 classes")
     async def page(self) -> HTMLResponse:

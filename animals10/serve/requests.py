@@ -8,6 +8,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from animals10.card import Preprocessing
 from animals10.imaging import ImageDecodeError, load_array
 
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
@@ -95,10 +96,10 @@ async def read_photos(request: Request, max_body_bytes: int, max_files: int) -> 
         await form.close()
 
 
-def decode_photo(name: str | None, data: bytes, size: int) -> np.ndarray:
-    """Bytes -> (size, size, 3) uint8 through the one decode path; bad photos become RequestErrors."""
+def decode_photo(name: str | None, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
+    """Bytes -> (S, S, 3) uint8 through the one decode path; bad photos become RequestErrors."""
     try:
-        return load_array(data, size)
+        return load_array(data, preprocessing)
     except ImageDecodeError as error:
         what = f"The file '{name}'" if name else "The photo"
         raise RequestError(DECODE_ERROR_STATUS.get(error.kind, 400), f"{what} cannot be used: {error}.") from None

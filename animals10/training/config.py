@@ -3,13 +3,16 @@
 Precedence, lowest to highest; `TrainConfig.for_model` resolves one model's values:
   1. `TrainConfig`'s defaults (the original study's settings);
   2. the recipe (`RECIPES[name]`: `study` adds nothing, `best` is the stronger recipe);
-  3. the recipe's values for one model (`model_settings`, e.g. custom_cnn at 64 px);
+  3. the recipe's values for a family of models (`model_settings["family:<family>"]`, e.g. layer-norm
+     models fine-tuned at a lower rate), then those for one model (`model_settings[name]`, e.g.
+     custom_cnn at 64 px);
   4. the command line: a value given there (`with_overrides`, recorded in `explicit`) wins over 2 and 3
      for every model; an input size given there is also the test size, unless that is given too;
      augmentation values given there (`with_augmentation`) change every model's augmentation, also one
      whose recipe sets its own; values for one model given there (`with_model_settings`, e.g.
      `--scattering` for custom_cnn) go on top of the recipe's values for that model;
-  5. a model's default number of epochs, where nothing above sets one.
+  5. a model's default number of epochs, and the input size its pretrained weights were made for
+     (timm's models), where nothing above sets them.
 The configuration resolved for each model travels whole to its training workers and is saved in its artifact.
 """
 
@@ -114,7 +117,7 @@ class TrainConfig:
     def preprocessing(self, model_name: str) -> Preprocessing:
         """What validation and inference feed the model (the artifact records it); training runs at image_size."""
         spec = get_model_spec(model_name)
-        return Preprocessing(self.inference_size, spec.mean, spec.std)
+        return Preprocessing(self.inference_size, spec.mean, spec.std, spec.interpolation, spec.crop_fraction)
 
     def with_overrides(self, **overrides) -> TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -144,10 +147,13 @@ class TrainConfig:
         """The values that apply to one model, in the precedence the module's docstring lays down."""
         spec = get_model_spec(model_name)
         overridden = {*self.explicit, *(("test_size",) if "image_size" in self.explicit else ())}
-        settings = {k: v for k, v in self.model_settings.get(model_name, {}).items() if k not in overridden}
+        settings = {**self.model_settings.get(f"family:{spec.family}", {}), **self.model_settings.get(model_name, {})}
+        settings = {k: v for k, v in settings.items() if k not in overridden}
         resolved = replace(self, **settings)
         if self.augmentation_changes:
             resolved = replace(resolved, augmentation=replace(resolved.augmentation, **self.augmentation_changes))
+        if spec.input_size and "image_size" not in overridden and "image_size" not in settings:
+            resolved = replace(resolved, image_size=spec.input_size)
         return resolved if resolved.epochs is not None else replace(resolved, epochs=spec.default_epochs)
 
     def to_dict(self) -> dict:
@@ -176,7 +182,9 @@ RECIPES: dict[str, dict] = {
     # Stronger: random resized crops and colour jitter, label smoothing, AdamW with weight decay, warm-up
     # then cosine decay to the last epoch, which the artifact keeps; the loss weighted against class
     # imbalance. Transfer models at 224 px: the head first (30% of the epochs), started from the backbone's
-    # ImageNet classifier, then the whole network at a low rate with BatchNorm's ImageNet statistics kept.
+    # ImageNet classifier, then the whole network at a low rate with BatchNorm's ImageNet statistics kept;
+    # timm's models at the size of their weights, layer-norm ones (ViT, ConvNeXt, Swin) fine-tuned at a
+    # lower rate, as their authors fine-tune them.
     # The from-scratch CNN at 64 px, many short steps, its random crops cut from photos decoded at 128 px,
     # tested at 72 px against the zoom of random crops; each photo of a batch in four augmented copies; its
     # first block fixed wavelets at eight orientations (a scattering transform) instead of a learned one.
@@ -198,6 +206,7 @@ RECIPES: dict[str, dict] = {
         "augmentation": STRONG_AUGMENTATION,
         "model_settings": {
             **{name: {"image_size": 224} for name in TRANSFER_MODELS},
+            "family:layernorm": {"fine_tune_lr": 3e-5},
             "custom_cnn": {
                 "image_size": 64,
                 "augment_size": 128,

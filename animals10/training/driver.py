@@ -15,16 +15,17 @@ import json
 import logging
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from animals10 import storage
 from animals10.artifact import save_artifact
-from animals10.card import ModelCard
+from animals10.card import ModelCard, Preprocessing
 from animals10.cluster import connect_ray
 from animals10.data import LabelledTree, decode_batch, read_labelled_tree, split_indices
-from animals10.models import create_model, get_model_spec
+from animals10.errors import SettingsError
+from animals10.models import create_model, folder_name, get_model_spec
 from animals10.training.config import TrainConfig
 from animals10.training.worker import WorkerTask, read_checkpoint, train_loop_per_worker
 
@@ -50,7 +51,7 @@ def _history_files(history: list[dict]) -> dict[str, bytes]:
     return {"history.json": json.dumps(history, indent=2).encode(), "history.csv": text.getvalue().encode()}
 
 
-def _dataset(records: list[dict], image_size: int):
+def _dataset(records: list[dict], preprocessing: Preprocessing):
     """Paths -> decoded photos, streamed: files are read and decoded in Ray Data tasks, in parallel."""
     import ray.data
 
@@ -58,19 +59,22 @@ def _dataset(records: list[dict], image_size: int):
     ray.data.DataContext.get_current().enable_progress_bars = False
     num_blocks = max(1, min(len(records) // 16, 64))
     return ray.data.from_items(records, override_num_blocks=num_blocks).map_batches(
-        decode_batch, fn_kwargs={"image_size": image_size}, batch_size=16
+        decode_batch, fn_kwargs={"preprocessing": preprocessing}, batch_size=16
     )
 
 
-def _datasets(config: TrainConfig, tree: LabelledTree, train_idx: list[int], val_idx: list[int]) -> tuple[dict, bool]:
+def _datasets(
+    config: TrainConfig, model_name: str, tree: LabelledTree, train_idx: list[int], val_idx: list[int]
+) -> tuple[dict, bool]:
     """The training and validation datasets, and whether they were decoded once and kept in the object
     store (`config.cache_decoded`; by default when they take at most a quarter of it). Decoding is
     deterministic (augmentation happens on the workers), so kept photos train the same model."""
     import ray
 
+    preprocessing = config.preprocessing(model_name)
     datasets = {
-        "train": _dataset(tree.records(train_idx), config.train_decode_size),
-        "val": _dataset(tree.records(val_idx), config.inference_size),
+        "train": _dataset(tree.records(train_idx), replace(preprocessing, image_size=config.train_decode_size)),
+        "val": _dataset(tree.records(val_idx), preprocessing),
     }
     decoded_bytes = 3 * (len(train_idx) * config.train_decode_size**2 + len(val_idx) * config.inference_size**2)
     keep = config.cache_decoded
@@ -91,7 +95,7 @@ def _run_config(config: TrainConfig, model_name: str, callbacks: list):
 
     fs, path = storage.arrow_filesystem(storage.join(config.output, "checkpoints"))
     return ray.train.RunConfig(
-        name=model_name,
+        name=folder_name(model_name),
         storage_path=path,
         storage_filesystem=fs,
         checkpoint_config=ray.train.CheckpointConfig(
@@ -117,6 +121,17 @@ def initial_model(config: TrainConfig, model_name: str, class_names: list[str]) 
         **config.model_kwargs,
         **head,
     )
+
+
+def check_input_size(config: TrainConfig, model_name: str) -> None:
+    """A model that takes only the size of its weights (a ViT's position embeddings) refuses another one."""
+    spec = get_model_spec(model_name)
+    sizes = {config.image_size, config.inference_size}
+    if spec.fixed_input_size and sizes != {spec.input_size}:
+        raise SettingsError(
+            f"{model_name} takes only {spec.input_size} px photos (its weights fix the input size), not "
+            f"{' and '.join(str(s) for s in sorted(sizes))} px; leave out --image-size and --test-size."
+        )
 
 
 def _class_weights(tree: LabelledTree, train_idx: list[int]) -> list[float]:
@@ -188,7 +203,7 @@ def train_model(
     task = worker_task(config, model_name, tree, train_idx, ray.put(initial.state_dict()))
     config, class_weights = task.config, task.class_weights
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    datasets, decoded_once = _datasets(config, tree, train_idx, val_idx)
+    datasets, decoded_once = _datasets(config, model_name, tree, train_idx, val_idx)
     latest, kept = _fit(config, task, datasets, use_gpu)
     history = latest["history"]
     model = create_model(model_name, len(tree.class_names), **config.model_kwargs)
@@ -218,7 +233,7 @@ def train_model(
             "skipped_files": latest["skipped"][:MAX_NAMED_SKIPPED],
         },
     )
-    uri = storage.join(config.output, model_name)
+    uri = storage.join(config.output, folder_name(model_name))
     save_artifact(model, card, uri, extra_files=_history_files(history))
     why = "the last" if config.keep == "last" else "the best validation loss"
     logger.info("%s: kept epoch %d (%s); artifact in %s", model_name, kept["epoch"], why, uri)
@@ -235,7 +250,7 @@ def train_models(config: TrainConfig) -> list[TrainedModel]:
     Everything a user can get wrong (model names, data, output, pretrained weights) is checked
     before Ray starts."""
     for name in config.models:
-        get_model_spec(name)
+        check_input_size(config.for_model(name), name)
     storage.set_s3_endpoint(config.s3_endpoint)
     tree = read_labelled_tree(config.data)
     train_idx, val_idx = split_indices(tree, config.val_fraction, config.seed)
