@@ -1,10 +1,12 @@
-"""Training on a local multi-node Ray cluster while a worker process or a worker node is lost.
+"""Training and batch inference on a local multi-node Ray cluster while a worker process or a worker
+node is lost.
 
 Run by tests/test_cluster.py in a subprocess (a process can hold only one Ray cluster):
 
-    python tests/failure_scenarios.py kill-worker|remove-node OUTPUT_DIR
+    python tests/failure_scenarios.py kill-worker|remove-node|batch-remove-node OUTPUT_DIR
 
-Prints one JSON line: the run's epochs, where it resumed, and its artifact.
+Prints one JSON line: the training run's epochs, where it resumed, and its artifact; or the batch
+job's summary and the paths of its output rows.
 """
 
 from __future__ import annotations
@@ -33,7 +35,61 @@ def alive_train_workers() -> list[dict]:
     return [a for a in actors(actor_state_name="ALIVE").values() if a["ActorClassName"] == "RayTrainWorker"]
 
 
+def batch_job_loses_a_node(output: Path) -> None:
+    """A head and two worker nodes; after the first Parquet part, the node of an inference actor is removed."""
+    import pyarrow.parquet as pq
+    import ray
+    import torch
+    from ray._private.state import actors
+    from ray.cluster_utils import Cluster
+
+    from animals10.artifact import save_artifact
+    from animals10.batch.job import BatchConfig, classify_images
+    from animals10.card import ModelCard, Preprocessing
+    from animals10.demo import write_demo_data
+    from animals10.labels import ANIMALS10_CLASSES
+    from animals10.models import create_model
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    data = write_demo_data(output / "data", images_per_class=30, seed=2)
+    torch.manual_seed(0)
+    model_uri = str(output / "model")
+    card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64))
+    save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, model_uri)
+    removed: list[str] = []
+
+    def remove_an_inference_node(part_uri: str) -> None:
+        if removed:
+            return
+        inference = [a for a in actors(actor_state_name="ALIVE").values() if "MapWorker" in a["ActorClassName"]]
+        node_ids = {a["Address"]["NodeID"] for a in inference}
+        victim = next(n for n in workers if n.node_id in node_ids)
+        removed.append(victim.node_id)
+        cluster.remove_node(victim, allow_graceful=False)
+
+    config = BatchConfig(model_uri, str(data), str(output / "predictions"), batch_size=8, concurrency=2,
+                         rows_per_file=10, progress=False)  # fmt: skip
+    result: dict = {"photos": sorted(str(p) for p in Path(data).rglob("*.jpg"))}
+    try:
+        summary = classify_images(config, on_part_written=remove_an_inference_node)
+        result["summary"] = summary.to_dict()
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        result["error"] = repr(error)
+    result["removed_node"] = removed
+    parts = sorted((output / "predictions").glob("part-*.parquet"))
+    result["rows"] = [row for part in parts for row in pq.read_table(part, columns=["path", "error"]).to_pylist()]
+    print(json.dumps(result))
+    ray.shutdown()
+    cluster.shutdown()
+
+
 def main(scenario: str, output: Path) -> None:
+    if scenario == "batch-remove-node":
+        batch_job_loses_a_node(output)
+        return
     import ray
     from ray.cluster_utils import Cluster
 

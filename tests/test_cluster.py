@@ -169,6 +169,26 @@ def test_training_survives_a_lost_worker(scenario, tmp_path):
     assert (Path(result["artifact"]) / "model.safetensors").stat().st_size > 100_000
 
 
+def test_batch_inference_survives_a_lost_node(tmp_path):
+    """A head and two worker nodes on this machine; after the first Parquet part, the node of an
+    inference actor is removed. The job finishes with exactly one row per photo, none of them an error."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "failure_scenarios.py"), "batch-remove-node", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result.get("error")
+    assert result["removed_node"]  # the fault happened, mid-job
+    paths = [row["path"] for row in result["rows"]]
+    assert sorted(paths) == result["photos"] and len(result["photos"]) == 300
+    assert all(row["error"] is None for row in result["rows"])  # the lost node's photos were retried, not failed
+    summary = result["summary"]
+    assert summary["complete"] and summary["files_seen"] == summary["classified"] == 300
+
+
 class SlowDownEveryThirdWrite:
     """Answers every third write with 503 SlowDown, as S3 does under load: the transient error that must
     not end a run. A request that was refused once goes through when it is retried."""

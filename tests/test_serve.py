@@ -37,16 +37,25 @@ def photo_jpeg(seed: int, size=(120, 90)) -> bytes:
     return buffer.getvalue()
 
 
-def serve_config(port: int, model_uri: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05):
-    """jobs/serve_config.yaml, validated, pointed at a test artifact and a loopback port."""
+def serve_config(
+    port: int,
+    model_uri: str,
+    max_batch_size: int = 8,
+    batch_wait_timeout_s: float = 0.05,
+    num_replicas: int = 1,
+    **app_args,
+):
+    """jobs/serve_config.yaml, validated, pointed at a test artifact and a loopback port; `app_args`
+    go on top of the file's application args."""
     from ray.serve.schema import ServeDeploySchema
 
     values = yaml.safe_load(CONFIG_FILE.read_text())
     values["http_options"] = {"host": "127.0.0.1", "port": port}
     values["proxy_location"] = "HeadOnly"
     app = values["applications"][0]
-    app["args"].update(max_files=MAX_FILES, max_body_mb=MAX_BODY_MB, torch_threads=1)
+    app["args"].update(max_files=MAX_FILES, max_body_mb=MAX_BODY_MB, torch_threads=1, **app_args)
     deployment = app["deployments"][0]
+    deployment["num_replicas"] = num_replicas
     deployment["user_config"] = {
         "model_uri": model_uri,
         "max_batch_size": max_batch_size,

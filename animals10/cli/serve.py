@@ -18,7 +18,9 @@ from animals10.serve.config import (
     DEFAULT_MAX_BODY_MB,
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_ONGOING_REQUESTS,
+    DEFAULT_MAX_QUEUED_REQUESTS,
 )
+from animals10.serve.guards import read_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-ongoing-requests",
         type=int,
         default=DEFAULT_MAX_ONGOING_REQUESTS,
-        help="requests a replica accepts at once",
+        help="requests a replica works on at once",
+    )
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_REQUESTS,
+        help="requests a replica holds beyond those; more are refused at once with 503 and Retry-After",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="require 'Authorization: Bearer <key>' on /predict and /model, the key in this file (or in "
+        "$ANIMALS10_API_KEY); /healthz stays open",
     )
     parser.add_argument(
         "--high-throughput",
@@ -87,6 +101,8 @@ def run_serve(args: argparse.Namespace) -> int:
     remote = bool(os.environ.get("RAY_ADDRESS"))
     if not remote or args.model.startswith("s3://"):
         read_card(args.model)  # a bad path fails here in one sentence, not in a replica's log
+    key_file = os.path.abspath(args.api_key_file) if args.api_key_file else None
+    protected = read_api_key(key_file) is not None  # a bad key fails here too
     if args.high_throughput and remote:
         logger.warning("--high-throughput only applies to a local Ray; set its variables on the cluster's nodes.")
     elif args.high_throughput:
@@ -110,14 +126,17 @@ def run_serve(args: argparse.Namespace) -> int:
         num_gpus=num_gpus,
         torch_threads=args.torch_threads,
         max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_queued_requests,
         access_log=not args.no_access_log,
         tta=args.tta,
+        api_key_file=key_file,
     )
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(
             f"Serving {args.model} at http://{args.host}:{args.port}/predict; try it in a browser at "
-            f"http://{args.host}:{args.port}/ (API docs at /docs). Ctrl-C stops.",
+            f"http://{args.host}:{args.port}/ (API docs at /docs)"
+            f"{'; requests need the API key' if protected else ''}. Ctrl-C stops.",
             flush=True,
         )
         while True:

@@ -6,6 +6,10 @@
     GET  /model     the model card: classes, architecture, input size, metrics
     GET  /docs      OpenAPI documentation
 
+With an API key (guards.py), /predict and /model answer 401 without `Authorization: Bearer <key>`;
+/healthz stays open for load balancers. Requests to /predict over the admission limit (the
+replica's max_ongoing_requests plus max_queued_requests) are refused at once with 503 and Retry-After.
+
 Photos are decoded with `animals10.imaging.load_array` at the card's input size and classified by
 `animals10.predictor.Predictor`, the same code path as batch inference, so the same photo gets the
 same probabilities online and offline. Concurrent requests are grouped with `@serve.batch`; the batch
@@ -40,10 +44,15 @@ from animals10.serve.config import (
     DEFAULT_MAX_BODY_MB,
     DEFAULT_MAX_FILES,
     DEFAULT_MAX_ONGOING_REQUESTS,
+    DEFAULT_MAX_QUEUED_REQUESTS,
     DEPLOYMENT_NAME,
     MAX_CONCURRENT_BATCHES,
+    RETRY_AFTER_S,
+    ROUTER_QUEUE_FACTOR,
+    SHED_HEADROOM,
     ModelConfig,
 )
+from animals10.serve.guards import Admission, ApiKey, read_api_key
 from animals10.serve.requests import RequestError, decode_photo, read_photos
 
 logger = logging.getLogger(__name__)
@@ -70,7 +79,7 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
 
 @api.exception_handler(RequestError)
 async def _request_error(request: Request, error: RequestError) -> JSONResponse:
-    return error_response(error.status, error.message)
+    return error_response(error.status, error.message, error.headers)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -121,6 +130,9 @@ class Classifier:
         max_body_mb: float = DEFAULT_MAX_BODY_MB,
         max_files: int = DEFAULT_MAX_FILES,
         torch_threads: int | None = None,
+        admission_limit: int = DEFAULT_MAX_ONGOING_REQUESTS + DEFAULT_MAX_QUEUED_REQUESTS,
+        api_key_file: str | None = None,
+        api_key_env: str | None = None,
     ):
         import torch
 
@@ -128,6 +140,8 @@ class Classifier:
             torch.set_num_threads(int(torch_threads))
         self.max_body_bytes = int(max_body_mb * 1_000_000)
         self.max_files = int(max_files)
+        self.admission = Admission(int(admission_limit))
+        self.api_key = ApiKey(read_api_key(api_key_file, *([api_key_env] if api_key_env else [])))
         self.predictor: Predictor | None = None
         self.config: ModelConfig | None = None
         # One thread runs the model, so the event loop keeps accepting and decoding requests meanwhile.
@@ -219,6 +233,11 @@ class Classifier:
         },
     )
     async def predict(self, request: Request) -> JSONResponse:
+        self.api_key.check(request.headers.get("authorization"))
+        with self.admission.admit():
+            return await self._predict_photos(request)
+
+    async def _predict_photos(self, request: Request) -> JSONResponse:
         predictor = self.predictor
         if predictor is None:
             raise RequestError(503, "The model is not loaded yet; retry in a moment.")
@@ -249,7 +268,8 @@ class Classifier:
         return JSONResponse({"status": "ready", "model_id": self.predictor.model_id, "pid": os.getpid()})
 
     @api.get("/model", summary="The model card: classes, architecture, input size, metrics")
-    async def model(self) -> JSONResponse:
+    async def model(self, request: Request) -> JSONResponse:
+        self.api_key.check(request.headers.get("authorization"))
         if self.predictor is None or self.config is None:
             return error_response(503, "The model is not loaded yet.")
         card = self.predictor.card
@@ -263,6 +283,8 @@ class Classifier:
                     **self.config.to_user_config(),
                     "max_body_mb": self.max_body_bytes / 1e6,
                     "max_files": self.max_files,
+                    "admission_limit": self.admission.limit,
+                    "api_key_required": self.api_key.required,
                     "device": str(self.predictor.device),
                 },
             }
@@ -282,16 +304,36 @@ def build_app(
     num_gpus: float = 0.0,
     torch_threads: int | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     access_log: bool = True,
     tta: bool = False,
+    api_key_file: str | None = None,
+    api_key_env: str | None = None,
 ) -> serve.Application:
-    """The Serve application for one artifact. `autoscaling=(min, max)` replaces `num_replicas`."""
+    """The Serve application for one artifact. `autoscaling=(min, max)` replaces `num_replicas`.
+
+    A replica works on `max_ongoing_requests` requests at once and holds `max_queued_requests` more;
+    it refuses the next one itself (JSON 503). Serve's own limits sit above that: a replica takes
+    SHED_HEADROOM more, so that the ones to refuse reach it, and Serve's router queues up to
+    ROUTER_QUEUE_FACTOR times the admission limit (beyond that it answers 503 with Retry-After too,
+    in plain text). The API key comes from `api_key_file`, else the environment variable
+    `api_key_env` (default ANIMALS10_API_KEY) on the replicas' nodes."""
+    if max_ongoing_requests < 1 or max_queued_requests < 0:
+        raise ValueError("max_ongoing_requests must be at least 1 and max_queued_requests at least 0.")
+    read_api_key(api_key_file, *([api_key_env] if api_key_env else []))  # a bad key fails here, not in a replica
     user_config = None
     if model_uri:
         user_config = ModelConfig(model_uri, max_batch_size, batch_wait_timeout_s, tta).to_user_config()
         ModelConfig.from_user_config(user_config)  # validates the numbers here, not in a replica
+    from ray.serve.config import BackpressureConfig
+
+    admission_limit = max(max_ongoing_requests, max_batch_size * MAX_CONCURRENT_BATCHES) + max_queued_requests
     options: dict = {
-        "max_ongoing_requests": max(max_ongoing_requests, max_batch_size * MAX_CONCURRENT_BATCHES),
+        "max_ongoing_requests": admission_limit + SHED_HEADROOM,
+        # Serve's router queue holds requests not yet handed to a replica, a whole burst at once: a queue
+        # as short as ours would refuse bursts in Serve's plain text before a replica could answer them.
+        "max_queued_requests": ROUTER_QUEUE_FACTOR * admission_limit,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
     }
     if not access_log:
@@ -308,14 +350,23 @@ def build_app(
         }
     else:
         options["num_replicas"] = num_replicas
-    return Classifier.options(**options).bind(max_body_mb=max_body_mb, max_files=max_files, torch_threads=torch_threads)
+    return Classifier.options(**options).bind(
+        max_body_mb=max_body_mb,
+        max_files=max_files,
+        torch_threads=torch_threads,
+        admission_limit=admission_limit,
+        api_key_file=api_key_file,
+        api_key_env=api_key_env,
+    )
 
 
 def app_builder(args: dict) -> serve.Application:
     """For `serve run` / `serve deploy` (import_path animals10.serve:app_builder).
 
     `args` may hold model_uri, max_batch_size, batch_wait_timeout_s, max_body_mb, max_files,
-    torch_threads; a `user_config` in the config file's deployments section overrides the first three.
+    torch_threads, max_ongoing_requests, max_queued_requests, access_log, tta, api_key_file and
+    api_key_env (the name of the variable that holds the key, never the key); a `user_config` in the
+    config file's deployments section overrides the first three.
     """
     args = dict(args or {})
     known = {
@@ -327,6 +378,10 @@ def app_builder(args: dict) -> serve.Application:
         "torch_threads",
         "access_log",
         "tta",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "api_key_file",
+        "api_key_env",
     }
     if set(args) - known:
         raise ValueError(f"Unknown application args {sorted(set(args) - known)}; use {', '.join(sorted(known))}.")

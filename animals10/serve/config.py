@@ -13,6 +13,16 @@ DEFAULT_MAX_FILES = 16
 # Requests a replica accepts at once: at least max_batch_size * MAX_CONCURRENT_BATCHES, or batches
 # never fill (ray-project/ray#43288). A waiting request holds its body and one decoded photo (~50 KB).
 DEFAULT_MAX_ONGOING_REQUESTS = 256
+# Requests a replica holds beyond those: more are refused at once with 503 and Retry-After, instead of
+# queueing without end (ray-project/ray#42950). A quarter of the working set keeps the wait of those
+# admitted close to their time at capacity.
+DEFAULT_MAX_QUEUED_REQUESTS = 64
+RETRY_AFTER_S = 1
+# Room above the admission limit in Serve's own max_ongoing_requests, so that the requests to refuse
+# reach the replica (which answers them in JSON) instead of waiting in Serve's router.
+SHED_HEADROOM = 64
+ROUTER_QUEUE_FACTOR = 4
+API_KEY_ENV = "ANIMALS10_API_KEY"
 # Batches @serve.batch may hand over while the model is busy; they are merged (see `classify`).
 MAX_CONCURRENT_BATCHES = 16
 

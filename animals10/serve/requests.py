@@ -17,12 +17,13 @@ DECODE_ERROR_STATUS = {"empty": 400, "not_image": 415, "corrupt": 400, "too_larg
 
 
 class RequestError(Exception):
-    """A bad request: answered with `status` and {"error": message}, and the server carries on."""
+    """A bad request: answered with `status`, {"error": message} and `headers`, and the server carries on."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def body_limit_error(max_body_bytes: int) -> RequestError:
