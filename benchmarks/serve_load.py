@@ -87,6 +87,14 @@ def run_baseline_server(artifact: str, port: int, torch_threads: int) -> None:
 # --- the load generator (its own process) ----------------------------------------------------------
 
 
+def images_exist(images_dir: str) -> bool:
+    """Whether the photo folder exists; says so on stderr when it does not."""
+    if not Path(images_dir).is_dir():
+        print(f"error: the photo folder '{images_dir}' does not exist; pass --images.", file=sys.stderr)
+        return False
+    return True
+
+
 def photo_files(images_dir: Path) -> list[Path]:
     files = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     random.Random(0).shuffle(files)
@@ -254,8 +262,7 @@ def main() -> int:
     if args.load_url:
         run_load(args)
         return 0
-    if not Path(args.images).is_dir():
-        print(f"error: the photo folder '{args.images}' does not exist; pass --images.", file=sys.stderr)
+    if not images_exist(args.images):
         return 2
 
     import ray

@@ -36,6 +36,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from animals10.card import Preprocessing
+from animals10.errors import SettingsError
 from animals10.predictor import Predictor
 from animals10.serve.batching import BatchMerger
 from animals10.serve.config import (
@@ -141,7 +142,7 @@ class Classifier:
         self.max_body_bytes = int(max_body_mb * 1_000_000)
         self.max_files = int(max_files)
         self.admission = Admission(int(admission_limit))
-        self.api_key = ApiKey(read_api_key(api_key_file, *([api_key_env] if api_key_env else [])))
+        self.api_key = ApiKey(read_api_key(api_key_file, api_key_env))
         self.predictor: Predictor | None = None
         self.config: ModelConfig | None = None
         # One thread runs the model, so the event loop keeps accepting and decoding requests meanwhile.
@@ -319,8 +320,8 @@ def build_app(
     in plain text). The API key comes from `api_key_file`, else the environment variable
     `api_key_env` (default ANIMALS10_API_KEY) on the replicas' nodes."""
     if max_ongoing_requests < 1 or max_queued_requests < 0:
-        raise ValueError("max_ongoing_requests must be at least 1 and max_queued_requests at least 0.")
-    read_api_key(api_key_file, *([api_key_env] if api_key_env else []))  # a bad key fails here, not in a replica
+        raise SettingsError("max_ongoing_requests must be at least 1 and max_queued_requests at least 0.")
+    read_api_key(api_key_file, api_key_env)  # a bad key fails here, not in a replica
     user_config = None
     if model_uri:
         user_config = ModelConfig(model_uri, max_batch_size, batch_wait_timeout_s, tta).to_user_config()

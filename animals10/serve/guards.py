@@ -21,8 +21,10 @@ from animals10.serve.requests import RequestError
 MIN_KEY_LENGTH = 16
 
 
-def read_api_key(key_file: str | None = None, env_var: str = API_KEY_ENV) -> str | None:
-    """The key from `key_file` (its first line), else from `env_var`; None: no key, the API is open."""
+def read_api_key(key_file: str | None = None, env_var: str | None = None) -> str | None:
+    """The key from `key_file` (its first line), else from the variable `env_var` (default
+    ANIMALS10_API_KEY); None: no key, the API is open."""
+    env_var = env_var or API_KEY_ENV
     if key_file:
         try:
             key = Path(key_file).read_text(encoding="utf-8").strip()
