@@ -73,6 +73,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    # {"temperature": T, ...}: logits are divided by T before the softmax (calibration.py); empty: T = 1
+    calibration: dict = field(default_factory=dict)
     id: str = ""
     versions: dict = field(default_factory=dict)
     created_at: str = ""
@@ -88,6 +90,7 @@ class ModelCard:
             "training": self.training,
             "metrics": self.metrics,
             "data": self.data,
+            "calibration": self.calibration,
             "versions": self.versions,
             "created_at": self.created_at,
         }
@@ -103,6 +106,7 @@ class ModelCard:
                 training=values.get("training", {}),
                 metrics=values.get("metrics", {}),
                 data=values.get("data", {}),
+                calibration=values.get("calibration", {}),
                 id=values.get("id", ""),
                 versions=values.get("versions", {}),
                 created_at=values.get("created_at", ""),

@@ -39,9 +39,10 @@ class PhotosToProbabilities(nn.Module):
         super().__init__()
         self.model = model
         self.preprocessing = card.preprocessing  # photos come at its size: the graph scales and normalises only
+        self.temperature = float(card.calibration.get("temperature", 1.0))  # the Predictor's calibration
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(to_model_input(images, self.preprocessing)).softmax(dim=1)
+        return (self.model(to_model_input(images, self.preprocessing)) / self.temperature).softmax(dim=1)
 
 
 def _onnx_bytes(network: nn.Module, example: torch.Tensor) -> bytes:

@@ -3,6 +3,8 @@ deployment both use it, so online and offline predictions of the same photo are 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -10,10 +12,14 @@ from animals10.artifact import load_model
 from animals10.device import autocast, on_gpu
 from animals10.transforms import to_model_input
 
+logger = logging.getLogger(__name__)
+
 
 class Predictor:
     """Loads an artifact once; turns (B, S, S, 3) uint8 photos into class probabilities.
 
+    Probabilities are calibrated: the logits are divided by the artifact's temperature
+    (`card.calibration`, fitted on validation at the end of training; 1 for older artifacts).
     On a GPU: bfloat16 autocast, channels_last, pinned host memory and non-blocking copies.
     """
 
@@ -32,6 +38,9 @@ class Predictor:
         self.top_k = min(top_k, len(self.class_names))
         self.mixed_precision = mixed_precision
         self.tta = tta  # test-time augmentation: average with the mirrored photo
+        self.temperature = float(self.card.calibration.get("temperature", 1.0))
+        if not self.card.calibration:
+            logger.info("%s has no calibration (an older artifact): its probabilities are the raw softmax.", model_uri)
         if on_gpu(self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -56,9 +65,10 @@ class Predictor:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         x = to_model_input(batch.to(self.device), self.preprocessing)
         with autocast(self.device, self.mixed_precision):
-            probabilities = self.model(x).float().softmax(dim=1)
+            probabilities = (self.model(x).float() / self.temperature).softmax(dim=1)
             if self.tta:
-                probabilities = (probabilities + self.model(x.flip(-1)).float().softmax(dim=1)) / 2
+                mirrored = (self.model(x.flip(-1)).float() / self.temperature).softmax(dim=1)
+                probabilities = (probabilities + mirrored) / 2
         return probabilities.cpu().numpy()
 
     def describe(self, probabilities: np.ndarray) -> list[dict]:

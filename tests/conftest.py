@@ -94,7 +94,10 @@ def untrained_artifact(tmp_path_factory):
 
     torch.manual_seed(0)
     uri = str(tmp_path_factory.mktemp("artifact") / "custom_cnn")
-    card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64))
+    # Calibrated, so that every path that turns logits into probabilities is checked to apply it alike.
+    card = ModelCard(
+        "custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64), calibration={"temperature": 1.5}
+    )
     save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, uri)
     return uri
 

@@ -35,7 +35,9 @@ def random_artifact(root, name: str) -> str:
     torch.manual_seed(0)
     model = create_model(name, len(ANIMALS10_CLASSES), pretrained=False, **kwargs)
     preprocessing = Preprocessing(size, spec.mean, spec.std, spec.interpolation, spec.crop_fraction)
-    card = ModelCard(name, list(ANIMALS10_CLASSES), preprocessing, model_kwargs=kwargs)
+    card = ModelCard(
+        name, list(ANIMALS10_CLASSES), preprocessing, model_kwargs=kwargs, calibration={"temperature": 1.7}
+    )
     uri = str(root / folder_name(name))
     save_artifact(model, card, uri)
     return uri

@@ -29,6 +29,8 @@ def test_report_has_every_file_picture_and_names_the_best_model(artifacts, tmp_p
         "confusion_barely_trained.png",
         "samples_custom_cnn.png",
         "samples_barely_trained.png",
+        "reliability_custom_cnn.png",
+        "reliability_barely_trained.png",
     ]
     for name in ["report.md", "report.html", "metrics.json", *names]:
         assert (output / name).is_file(), name
@@ -38,6 +40,7 @@ def test_report_has_every_file_picture_and_names_the_best_model(artifacts, tmp_p
         "curves_custom_cnn.png": (1500, 440),
         "confusion_custom_cnn.png": (880, 840),
         "samples_custom_cnn.png": sample_grid_pixels(6),
+        "reliability_custom_cnn.png": (500, 460),
     }
     assert sample_grid_pixels(6) == (690, 590)  # 3 columns x 2 rows of photos
     for name in names:

@@ -73,6 +73,9 @@ def test_two_cpu_workers_learn_the_demo_data(
         trained.metrics["val_accuracy"], abs=1e-6
     )
     card = json.loads((tmp_path / "run" / model_name / "model_card.json").read_text())
+    calibration = card["calibration"]  # fitted on the kept epoch's validation logits, applied by the Predictor
+    assert calibration["temperature"] > 0 and calibration["val_nll_calibrated"] <= calibration["val_nll"] + 1e-9
+    assert Predictor(trained.artifact_uri, device="cpu").temperature == calibration["temperature"]
     assert (
         card["training"]["num_workers"] == 2
         and card["training"]["image_size"] == 64

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from animals10.calibration import expected_calibration_error, reliability_bins
 from animals10.card import ModelCard, read_card
 from animals10.data import load_photo
 from animals10.errors import DataError
@@ -74,14 +75,17 @@ def evaluation_metrics(y_true, y_pred, class_names: list[str], probabilities=Non
     y_pred = np.asarray(y_pred, dtype=np.int64)
     matrix = confusion_matrix(y_true, y_pred, len(class_names))
     metrics = classification_metrics(matrix, class_names)
-    loss = None
+    loss = ece = None
     if probabilities is not None:
         loss = log_loss(probabilities, y_true)
         top3_hits = top_k_hits(probabilities, y_true, TOP_K)
+        if len(y_true):
+            ece = expected_calibration_error(reliability_bins(np.max(probabilities, axis=1), y_pred == y_true))
     top3 = None if top3_hits is None or len(y_true) == 0 else float(np.mean(top3_hits))
     return {
         "num_images": int(len(y_true)),
         "loss": loss,
+        "ece": ece,  # expected calibration error of the (calibrated) probabilities, 15 bins
         "accuracy": metrics["accuracy"],
         "top3_accuracy": top3,
         **{key: value for key, value in metrics.items() if key != "accuracy"},

@@ -15,6 +15,7 @@ from animals10.report.plots import (
     figure_png,
     plot_confusion_matrix,
     plot_per_class_f1,
+    plot_reliability,
     plot_sample_grid,
     plot_training_curves,
 )
@@ -138,6 +139,19 @@ def comparison_table(evaluations: list[ModelEvaluation], histories: dict[str, li
     metric_row("Accuracy", "accuracy", _percent)
     metric_row("Top-3 accuracy", "top3_accuracy", _percent)
     metric_row("Loss (cross-entropy)", "loss", _number, higher_is_better=False)
+    metric_row("Expected calibration error", "ece", _number, higher_is_better=False)
+    fitted = [e.card.calibration if e.card else {} for e in evaluations]
+    if any(fitted):
+        rows.append(["Temperature (fitted on validation)", *[_number(c.get("temperature"), 2) for c in fitted]])
+        rows.append(
+            [
+                "Validation ECE in training, raw → calibrated",
+                *[
+                    f"{_number(c.get('val_ece'))} → {_number(c.get('val_ece_calibrated'))}" if c else "n/a"
+                    for c in fitted
+                ],
+            ]
+        )
     for average in ("macro", "weighted"):
         for measure in ("precision", "recall", "f1"):
             metric_row(
@@ -231,6 +245,23 @@ def build_document(
                 ["True class", "Predicted as", "Photos", "Share of the true class"],
                 [[p["true"], p["predicted"], str(p["count"]), f"{p['share_of_true']:.0%}"] for p in pairs],
                 2,
+            )
+        )
+
+    document.heading("Calibration")
+    document.paragraph(
+        "Probabilities are divided by a temperature fitted on the validation split at the end of training "
+        "(an artifact without one uses the raw softmax). In a calibrated model, photos given 70% are right "
+        "about 70% of the time: the bars follow the diagonal."
+    )
+    for e in evaluations:
+        document.image(
+            Image(
+                _file_name("reliability", e.name),
+                figure_png(plot_reliability(e)),
+                f"{e.name}: reliability diagram; share right per confidence bin (darker: more photos), against the "
+                "diagonal of perfect calibration",
+                f"{e.name} reliability diagram",
             )
         )
 

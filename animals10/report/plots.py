@@ -221,6 +221,31 @@ def plot_per_class_f1(evaluations: list[ModelEvaluation]):
     return figure
 
 
+def plot_reliability(evaluation: ModelEvaluation):
+    """A reliability diagram: per confidence bin, how often the model was right, against the diagonal of
+    perfect calibration; the bars' shade shows how many photos fell in each bin."""
+    from animals10.calibration import ECE_BINS, expected_calibration_error, reliability_bins
+
+    bins = reliability_bins(evaluation.confidence, evaluation.y_pred == evaluation.y_true)
+    count = bins[:, 0]
+    accuracy = np.divide(bins[:, 2], count, out=np.zeros(ECE_BINS), where=count > 0)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    figure = new_figure(5.0, 4.6)
+    ax = figure.subplots()
+    shade = 0.25 + 0.75 * count / max(count.max(), 1)
+    ax.bar(edges[:-1], accuracy, 1 / ECE_BINS, align="edge", color=[(0.2, 0.4, 0.8, a) for a in shade],
+           edgecolor="black", linewidth=0.5, label="accuracy in the bin")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("share right")
+    ece = expected_calibration_error(bins)
+    ax.set_title(f"{evaluation.name}: ECE {ece:.3f} ({int(count.sum())} photos)", fontsize=11, fontweight="bold")
+    ax.legend(fontsize=8, loc="upper left")
+    return figure
+
+
 def sample_grid_shape(num_photos: int) -> tuple[int, int]:
     """(rows, columns) of the sample grid: as square as possible."""
     columns = max(1, math.ceil(math.sqrt(num_photos)))

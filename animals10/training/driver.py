@@ -134,6 +134,18 @@ def check_input_size(config: TrainConfig, model_name: str) -> None:
         )
 
 
+def _calibration(epoch: dict) -> dict:
+    """The kept epoch's temperature, fitted on its validation logits, with the figures before and after."""
+    return {
+        "temperature": epoch["val_temperature"],
+        "fitted_on": "validation",
+        "val_nll": epoch["val_loss"],
+        "val_nll_calibrated": epoch["val_loss_calibrated"],
+        "val_ece": epoch["val_ece"],
+        "val_ece_calibrated": epoch["val_ece_calibrated"],
+    }
+
+
 def _class_weights(tree: LabelledTree, train_idx: list[int]) -> list[float]:
     """Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double."""
     counts = tree.class_counts(train_idx)
@@ -222,6 +234,7 @@ def train_model(
             "resumed_after_epochs": latest["resumed_after"],
         },
         metrics={"kept_epoch": kept["epoch"], **{k: v for k, v in history[kept["epoch"] - 1].items() if k != "epoch"}},
+        calibration=_calibration(history[kept["epoch"] - 1]),
         data={
             "data_uri": tree.root,
             "val_fraction": config.val_fraction,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animals10.calibration import calibration_sums, empty_sums
 from animals10.card import Preprocessing
 from animals10.device import autocast, on_gpu
 from animals10.metrics import confusion_matrix
@@ -28,6 +29,7 @@ class EpochTotals:
     num_images: int = 0
     seconds: float = 0.0
     confusion: np.ndarray | None = None
+    calibration: np.ndarray | None = None  # validation: calibration.calibration_sums, added up
     skipped: list[str] = field(default_factory=list)
 
 
@@ -103,7 +105,7 @@ def validate(
     mixed_precision: bool = True,
 ) -> EpochTotals:
     """Loss and confusion matrix over `batches` (no collective ops: safe on any subset of workers)."""
-    totals = EpochTotals(confusion=np.zeros((num_classes, num_classes), dtype=np.int64))
+    totals = EpochTotals(confusion=np.zeros((num_classes, num_classes), dtype=np.int64), calibration=empty_sums())
     start = time.perf_counter()
     model.eval()
     for batch in batches:
@@ -118,5 +120,6 @@ def validate(
         totals.num_correct += int((predictions == labels).sum())
         totals.num_images += len(labels)
         totals.confusion += confusion_matrix(labels.cpu().numpy(), predictions.cpu().numpy(), num_classes)
+        totals.calibration += calibration_sums(logits, labels)
     totals.seconds = time.perf_counter() - start
     return totals

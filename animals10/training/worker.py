@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
+from animals10.calibration import calibration_metrics
 from animals10.metrics import classification_metrics
 from animals10.models import create_model, get_model_spec, unwrap
 from animals10.training.config import TrainConfig
@@ -94,9 +95,11 @@ def _epoch_metrics(train: EpochTotals, val: EpochTotals, class_names: list[str],
     """Workers' sums -> the epoch's metrics (identical on every worker)."""
     num_classes = len(class_names)
     sums = [train.loss_sum, train.num_correct, train.num_images, val.loss_sum, val.num_images]
-    summed = _all_reduce([*sums, *val.confusion.ravel().tolist()])
+    summed = _all_reduce([*sums, *val.confusion.ravel().tolist(), *val.calibration.ravel().tolist()])
     train_loss, train_correct, train_images, val_loss, val_images = summed[:5]
-    confusion = np.asarray(summed[5:], dtype=np.int64).reshape(num_classes, num_classes)
+    end = 5 + num_classes * num_classes
+    confusion = np.asarray(summed[5:end], dtype=np.int64).reshape(num_classes, num_classes)
+    calibration = calibration_metrics(np.asarray(summed[end:]).reshape(val.calibration.shape))
     scores = classification_metrics(confusion, class_names)
     seconds = max(_all_reduce([train.seconds])[0] / max(1, world_size), 1e-9)
     return {
@@ -106,6 +109,10 @@ def _epoch_metrics(train: EpochTotals, val: EpochTotals, class_names: list[str],
         "val_accuracy": scores["accuracy"],
         "val_macro_precision": scores["macro_precision"],
         "val_macro_recall": scores["macro_recall"],
+        "val_temperature": calibration["temperature"],  # fitted on this epoch's validation logits
+        "val_loss_calibrated": calibration["nll_calibrated"],
+        "val_ece": calibration["ece"],
+        "val_ece_calibrated": calibration["ece_calibrated"],
         "images_per_second": train_images / seconds,
         "num_train_images": int(train_images),
         "num_val_images": int(val_images),
