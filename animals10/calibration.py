@@ -31,12 +31,9 @@ def calibration_sums(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     log_probabilities = F.log_softmax(logits.float().unsqueeze(0) / temperatures, dim=-1)  # (T, B, C)
     nll = -log_probabilities.gather(-1, labels.view(1, -1, 1).expand(len(TEMPERATURES), -1, 1)).squeeze(-1)
     confidence, predicted = log_probabilities.exp().max(-1)  # (T, B)
-    correct = (predicted == labels.view(1, -1)).float()
-    bins = (confidence * ECE_BINS).long().clamp_(max=ECE_BINS - 1)
-    sums = torch.zeros(len(TEMPERATURES), ECE_BINS, 3, device=logits.device)
-    for column, values in enumerate((torch.ones_like(confidence), confidence, correct)):
-        sums[:, :, column].scatter_add_(1, bins, values)
-    return torch.cat([nll.sum(1, keepdim=True), sums.flatten(1)], 1).double().cpu().numpy()
+    correct = predicted == labels.view(1, -1)
+    bins = reliability_bins(confidence.double().cpu().numpy(), correct.cpu().numpy())  # (T, ECE_BINS, 3)
+    return np.concatenate([nll.double().sum(1, keepdim=True).cpu().numpy(), bins.reshape(len(TEMPERATURES), -1)], 1)
 
 
 def expected_calibration_error(bins: np.ndarray) -> float:
@@ -46,14 +43,16 @@ def expected_calibration_error(bins: np.ndarray) -> float:
 
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
-    """Per-photo confidence of the predicted class and whether it was right -> (ECE_BINS, 3) bins:
-    photos, confidence sum, correct sum."""
+    """Per-photo confidence of the predicted class and whether it was right, (..., N) each -> (...,
+    ECE_BINS, 3) bins: photos, confidence sum, correct sum (one set per leading index)."""
     confidence = np.asarray(confidence, dtype=np.float64)
-    index = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-    bins = np.zeros((ECE_BINS, 3))
-    for column, values in enumerate((np.ones_like(confidence), confidence, np.asarray(correct, dtype=np.float64))):
-        np.add.at(bins[:, column], index, values)
-    return bins
+    lead, count = confidence.shape[:-1], confidence.shape[-1]
+    rows = int(np.prod(lead))
+    index = np.minimum((confidence.reshape(rows, count) * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    index += ECE_BINS * np.arange(rows)[:, None]
+    columns = (np.ones(rows * count), confidence.ravel(), np.asarray(correct, dtype=np.float64).ravel())
+    bins = np.stack([np.bincount(index.ravel(), weights=w, minlength=rows * ECE_BINS) for w in columns], -1)
+    return bins.reshape(*lead, ECE_BINS, 3)
 
 
 def calibration_metrics(sums: np.ndarray) -> dict:

@@ -92,7 +92,7 @@ def resized_crop(width: int, height: int, preprocessing: Preprocessing) -> tuple
     size = preprocessing.image_size
     if preprocessing.crop_fraction is None:
         return (size, size), (0, 0)
-    short = math.floor(size / preprocessing.crop_fraction)
+    short = decode_size(preprocessing)
     if width <= height:
         resized = (short, int(short * height / width))
     else:

@@ -9,6 +9,7 @@ trained model from its artifact needs neither.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import logging
@@ -99,7 +100,7 @@ def build_timm_model(
     usable = (
         has_imagenet_head and isinstance(classifier, nn.Linear) and classifier.out_features == IMAGENET_1K
     )  # fmt: skip
-    imagenet_classifier = _copy_linear(classifier) if usable else None
+    imagenet_classifier = copy.deepcopy(classifier) if usable else None
     base.reset_classifier(0)  # forward() now returns the pooled (pre-logits) features
     groups = group_parameters(base, base.group_matcher(coarse=True))
     stages = [list(names) for _, names in sorted(groups.items())]
@@ -178,12 +179,6 @@ def _unreachable(url: str | None) -> str:
     except OSError as error:
         return f"{host} cannot be reached: {error.strerror or error}"
     return ""
-
-
-def _copy_linear(layer: nn.Linear) -> nn.Linear:
-    copy = nn.Linear(layer.in_features, layer.out_features)
-    copy.load_state_dict(layer.state_dict())
-    return copy
 
 
 register_family(PREFIX, timm_spec)
