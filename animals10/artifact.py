@@ -59,8 +59,13 @@ def save_artifact(model: nn.Module, card: ModelCard, uri: str, extra_files: dict
     for name, data in (extra_files or {}).items():
         storage.write_bytes(storage.join(uri, name), data)
     storage.write_bytes(storage.join(uri, WEIGHTS_FILE), weights)
-    storage.write_bytes(storage.join(uri, CARD_FILE), json.dumps(card.to_dict(), indent=2).encode())
+    write_card(card, uri)
     return card.id
+
+
+def write_card(card: ModelCard, uri: str) -> None:
+    """Writes (or rewrites, once more is known about the model) the artifact's card."""
+    storage.write_bytes(storage.join(uri, CARD_FILE), json.dumps(card.to_dict(), indent=2).encode())
 
 
 def load_model(uri: str, device: torch.device | str | None = None) -> LoadedModel:

@@ -75,6 +75,9 @@ class ModelCard:
     data: dict = field(default_factory=dict)
     # {"temperature": T, ...}: logits are divided by T before the softmax (calibration.py); empty: T = 1
     calibration: dict = field(default_factory=dict)
+    # {"score": name, "threshold": t, ...}: photos whose unknown score is above t are "unknown"
+    # (open_world.py; the statistics are in open_world.safetensors); empty: no unknown flag
+    open_world: dict = field(default_factory=dict)
     id: str = ""
     versions: dict = field(default_factory=dict)
     created_at: str = ""
@@ -91,6 +94,7 @@ class ModelCard:
             "metrics": self.metrics,
             "data": self.data,
             "calibration": self.calibration,
+            "open_world": self.open_world,
             "versions": self.versions,
             "created_at": self.created_at,
         }
@@ -107,6 +111,7 @@ class ModelCard:
                 metrics=values.get("metrics", {}),
                 data=values.get("data", {}),
                 calibration=values.get("calibration", {}),
+                open_world=values.get("open_world", {}),
                 id=values.get("id", ""),
                 versions=values.get("versions", {}),
                 created_at=values.get("created_at", ""),

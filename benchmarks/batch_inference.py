@@ -86,7 +86,7 @@ def run_plain_loop(model_uri: str, paths: list[str], batch_size: int) -> Result:
     for start in range(0, len(paths), batch_size):
         decoded = [decode(p, predictor.image_size) for p in paths[start : start + batch_size]]
         images = np.stack([image for image, ok in decoded if ok])
-        predictor.describe(predictor.predict_probabilities(images))
+        predictor.describe(predictor.predict(images))
         if first is None:
             first = (time.perf_counter() - started, len(decoded))
     whole = time.perf_counter() - started
@@ -115,7 +115,7 @@ def run_dataloader(model_uri: str, paths: list[str], batch_size: int, num_worker
     )
     first = None
     for images, ok in loader:
-        predictor.describe(predictor.predict_probabilities(images[ok]))
+        predictor.describe(predictor.predict(images[ok]))
         if first is None:
             first = (time.perf_counter() - started, len(ok))
     whole = time.perf_counter() - started

@@ -80,7 +80,7 @@ def dataloader_baseline(model_uri: str, paths: list[str], batch_size: int, worke
     labels, first, done = {}, None, 0
     for images, ok in loader:
         kept = [p for p, good in zip(paths[done : done + len(ok)], ok.tolist()) if good]
-        for path, row in zip(kept, predictor.describe(predictor.predict_probabilities(images[ok]))):
+        for path, row in zip(kept, predictor.describe(predictor.predict(images[ok]))):
             labels[path] = row["label"]
         done += len(ok)
         if first is None:

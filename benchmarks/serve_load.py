@@ -74,7 +74,7 @@ def run_baseline_server(artifact: str, port: int, torch_threads: int) -> None:
             array = load_array(data, predictor.preprocessing)
         except ImageDecodeError as error:
             return JSONResponse({"error": str(error)}, status_code=400)
-        result = predictor.describe(predictor.predict_probabilities(array[None].copy()))[0]
+        result = predictor.describe(predictor.predict(array[None].copy()))[0]
         return JSONResponse({"model_id": predictor.model_id, "predictions": [result]})
 
     @app.get("/healthz")

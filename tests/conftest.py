@@ -99,7 +99,37 @@ def untrained_artifact(tmp_path_factory):
         "custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64), calibration={"temperature": 1.5}
     )
     save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, uri)
+    add_open_world(uri, seed=0)
     return uri
+
+
+def add_open_world(uri: str, seed: int, photos: int = 60) -> None:
+    """Gives an artifact open-world statistics from demo-like photos, and a threshold at their median score,
+    so that about half of such photos are flagged unknown (both answers are exercised)."""
+    import torch
+
+    from animals10.artifact import write_card
+    from animals10.card import read_card
+    from animals10.demo import draw_demo_photo
+    from animals10.open_world import FeatureStatistics, feature_sums, unknown_scores, write_statistics
+    from animals10.predictor import Predictor
+
+    card = read_card(uri)
+    size = card.preprocessing.image_size
+    rng = np.random.default_rng(seed)
+    drawn = [draw_demo_photo(i % 10, 10, rng).convert("RGB").resize((size, size)) for i in range(photos)]
+    images = np.stack([np.asarray(photo) for photo in drawn])
+    predictor = Predictor(uri, device="cpu", unknown=False)
+    prediction = predictor.predict(images, embeddings=True)
+    labels = np.arange(photos) % len(card.class_names)
+    statistics = FeatureStatistics.from_sums(feature_sums(prediction.embeddings, labels, len(card.class_names)), 10)
+    scores = unknown_scores(
+        torch.as_tensor(prediction.probabilities), torch.as_tensor(prediction.embeddings), statistics
+    )
+    write_statistics(uri, statistics)
+    thresholds = {name: float(np.median(values)) for name, values in scores.items()}
+    card.open_world = {"score": "mahalanobis", "threshold": thresholds["mahalanobis"], "thresholds": thresholds}
+    write_card(card, uri)
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +172,7 @@ def artifacts(tmp_path_factory, demo_tree):
             else _history([("head", 2, 1e-3), ("fine_tune", 3, 1e-4)])
         )
         uris[name] = _save(model, str(root / name), tree, history)
+    add_open_world(uris["custom_cnn"], seed=1)  # barely_trained stays without, as an older artifact
     return uris
 
 

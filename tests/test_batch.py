@@ -69,7 +69,7 @@ def demo_output(ray_session, demo_tree, untrained_artifact, tmp_path_factory):
 def test_folder_gives_one_row_per_photo_in_the_documented_schema(demo_output, demo_tree, untrained_artifact):
     output, summary = demo_output
     table = read_output(output)
-    assert table.schema.equals(prediction_schema(with_true_label=True))
+    assert table.schema.equals(prediction_schema(with_true_label=True, unknown=True))
     assert sorted(table.column("path").to_pylist()) == photo_paths(demo_tree)
     assert table.column("error").null_count == table.num_rows
     assert set(table.column("model").to_pylist()) == {
@@ -84,6 +84,9 @@ def test_folder_gives_one_row_per_photo_in_the_documented_schema(demo_output, de
     assert summary.complete and summary.files_seen == table.num_rows == 120
     assert read_summary(output)["classified"] == 120
     assert sum(read_summary(output)["per_class"].values()) == 120
+    # The artifact's threshold sits at the median of random photos' scores: some are flagged, some not.
+    flags = table.column("unknown").to_pylist()
+    assert read_summary(output)["unknown"] == summary.unknown == sum(flags) and 0 < sum(flags) < 120
 
 
 def test_labelled_tree_gets_true_labels_from_its_class_folders(demo_output):
@@ -93,14 +96,16 @@ def test_labelled_tree_gets_true_labels_from_its_class_folders(demo_output):
     assert {row["true_label"] for row in table} >= {"dog", "cat", "squirrel"}
 
 
-def test_batch_job_gives_the_same_probabilities_as_the_predictor(demo_output, untrained_artifact):
+def test_batch_job_gives_the_same_probabilities_and_unknown_flags_as_the_predictor(demo_output, untrained_artifact):
     from animals10.predictor import Predictor
 
     rows = read_output(demo_output[0]).to_pylist()[:24]
     predictor = Predictor(untrained_artifact, device="cpu", top_k=10)
     images = np.stack([load_array(Path(r["path"]).read_bytes(), predictor.preprocessing) for r in rows])
-    expected = predictor.predict_probabilities(images)
-    for row, probabilities in zip(rows, expected):
+    prediction = predictor.predict(images)
+    assert [r["unknown"] for r in rows] == prediction.unknown.tolist()
+    np.testing.assert_allclose([r["unknown_score"] for r in rows], prediction.unknown_score, rtol=1e-5)
+    for row, probabilities in zip(rows, prediction.probabilities):
         got = np.zeros(len(predictor.class_names), dtype=np.float32)
         for entry in row["top_k"]:
             got[predictor.class_names.index(entry["label"])] = entry["prob"]

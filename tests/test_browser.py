@@ -63,6 +63,7 @@ def test_the_page_shows_the_top_three_classes_of_an_uploaded_photo_and_a_bad_fil
     assert shown == [entry["label"] for entry in expected["top_k"][:3]]  # the endpoint's own answer, in order
     first = card.locator(".prob").first.inner_text()
     assert first == f"{100 * expected['top_k'][0]['prob']:.1f}%"
+    assert card.locator(".unknown").count() == int(expected["unknown"])  # the flag shown as the endpoint says
 
     page.set_input_files("#files", str(tmp_path / "notes.jpg"))
     error = page.locator(".card").first.locator(".error")

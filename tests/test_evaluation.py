@@ -48,7 +48,7 @@ def test_scoring_a_parquet_output_gives_the_same_numbers_as_scoring_the_folder(a
     tree = read_labelled_tree(str(demo_tree))
     predictor = Predictor(uri, top_k=3)
     photos = np.stack([load_array(open(path, "rb").read(), Preprocessing(IMAGE_SIZE)) for path in tree.paths])
-    described = predictor.describe(predictor.predict_probabilities(photos))
+    described = predictor.describe(predictor.predict(photos))
     # The rows batch inference writes for a labelled folder.
     rows = [
         {
@@ -99,9 +99,9 @@ def test_flip_tta_averages_the_photo_and_its_mirror(artifacts, demo_tree):
         predictor.predict_probabilities(photo[None])
         + predictor.predict_probabilities(np.ascontiguousarray(photo[None, :, ::-1]))
     ) / 2
-    probabilities, kept, _ = predict_paths(Predictor(artifacts["custom_cnn"], tta=True), [path])
+    prediction, kept, _ = predict_paths(Predictor(artifacts["custom_cnn"], tta=True), [path])
     assert kept == [0]
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prediction.probabilities, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_classes_that_differ_from_the_data_are_one_sentence(artifacts, tmp_path, capsys):

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from animals10.predictor import Predictor
+from animals10.predictor import Prediction, Predictor
 
 
 def test_describe_gives_top_k(untrained_artifact):
     predictor = Predictor(untrained_artifact, top_k=3)
-    result = predictor.describe(np.array([[0.1, 0.6, 0.3, 0, 0, 0, 0, 0, 0, 0]]))[0]
+    result = predictor.describe(Prediction(np.array([[0.1, 0.6, 0.3, 0, 0, 0, 0, 0, 0, 0]])))[0]
     assert result["label"] == "horse" and result["label_index"] == 1 and result["confidence"] == pytest.approx(0.6)
     assert [t["label"] for t in result["top_k"]] == ["horse", "elephant", "dog"]
 

@@ -31,6 +31,7 @@ def test_report_has_every_file_picture_and_names_the_best_model(artifacts, tmp_p
         "samples_barely_trained.png",
         "reliability_custom_cnn.png",
         "reliability_barely_trained.png",
+        "coverage_accuracy.png",  # custom_cnn has open-world statistics, barely_trained not
     ]
     for name in ["report.md", "report.html", "metrics.json", *names]:
         assert (output / name).is_file(), name
@@ -41,6 +42,7 @@ def test_report_has_every_file_picture_and_names_the_best_model(artifacts, tmp_p
         "confusion_custom_cnn.png": (880, 840),
         "samples_custom_cnn.png": sample_grid_pixels(6),
         "reliability_custom_cnn.png": (500, 460),
+        "coverage_accuracy.png": (560, 420),
     }
     assert sample_grid_pixels(6) == (690, 590)  # 3 columns x 2 rows of photos
     for name in names:

@@ -95,7 +95,7 @@ def predictor(untrained_artifact):
 def offline(predictor, data: bytes) -> dict:
     from animals10.imaging import load_array
 
-    return predictor.describe(predictor.predict_probabilities(load_array(data, predictor.preprocessing)[None]))[0]
+    return predictor.describe(predictor.predict(load_array(data, predictor.preprocessing)[None]))[0]
 
 
 def assert_same_prediction(online: dict, expected: dict) -> None:
@@ -105,6 +105,9 @@ def assert_same_prediction(online: dict, expected: dict) -> None:
         [t["prob"] for t in online["top_k"]], [t["prob"] for t in expected["top_k"]], rtol=0, atol=1e-6
     )
     assert online["confidence"] == pytest.approx(expected["confidence"], abs=1e-6)
+    # The open world too: the same flag, from the same score (the test artifact has statistics).
+    assert online["unknown"] == expected["unknown"]
+    assert online["unknown_score"] == pytest.approx(expected["unknown_score"], rel=1e-5)
 
 
 def assert_error(response: httpx.Response | http.client.HTTPResponse, body: bytes | None = None) -> str:
@@ -125,7 +128,9 @@ def test_config_file_is_a_valid_serve_config():
     config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG_FILE.read_text()))
     app = config.applications[0]
     assert app.import_path == "animals10.serve.app:app_builder"
-    assert set(app.deployments[0].user_config) == {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta"}
+    assert set(app.deployments[0].user_config) == {
+        "model_uri", "max_batch_size", "batch_wait_timeout_s", "tta", "unknown", "unknown_threshold"
+    }  # fmt: skip
 
 
 def test_health_and_model_card(server, untrained_artifact):

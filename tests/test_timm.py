@@ -103,7 +103,7 @@ def test_a_timm_model_trains_with_ray_train_reloads_and_is_served(ray_session, d
     predictor = Predictor(artifact, device="cpu")
     assert predictor.preprocessing == card.preprocessing
     photo = (demo_tree / "gatto").glob("*.jpg").__next__().read_bytes()
-    offline = predictor.describe(predictor.predict_probabilities(load_array(photo, card.preprocessing)[None]))[0]
+    offline = predictor.describe(predictor.predict(load_array(photo, card.preprocessing)[None]))[0]
 
     port = free_port()
     deploy(serve_config(port, artifact))

@@ -22,14 +22,18 @@ from animals10.training.worker import WorkerTask
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def validation_accuracy(artifact_uri: str, data_dir) -> float:
-    """Accuracy of the artifact on its own validation split, recomputed outside of training."""
+def validation_prediction(artifact_uri: str, data_dir):
+    """The artifact's `Prediction` of its own validation split, recomputed outside of training, and the labels."""
     predictor = Predictor(artifact_uri, device="cpu")
     tree = read_labelled_tree(data_dir)
     _, val = split_indices(tree, 0.2, 42)
     images = np.stack([load_array(Path(tree.paths[i]).read_bytes(), predictor.preprocessing) for i in val])
-    predicted = predictor.predict_probabilities(images).argmax(1)
-    return float(np.mean(predicted == np.array([tree.labels[i] for i in val])))
+    return predictor.predict(images), np.array([tree.labels[i] for i in val])
+
+
+def validation_accuracy(artifact_uri: str, data_dir) -> float:
+    prediction, labels = validation_prediction(artifact_uri, data_dir)
+    return float(np.mean(prediction.probabilities.argmax(1) == labels))
 
 
 def test_best_recipe_starts_the_transfer_head_from_imagenet_and_study_at_random():
@@ -76,6 +80,15 @@ def test_two_cpu_workers_learn_the_demo_data(
     calibration = card["calibration"]  # fitted on the kept epoch's validation logits, applied by the Predictor
     assert calibration["temperature"] > 0 and calibration["val_nll_calibrated"] <= calibration["val_nll"] + 1e-9
     assert Predictor(trained.artifact_uri, device="cpu").temperature == calibration["temperature"]
+    # Open world: statistics from the training photos, a threshold that 95% of the validation photos pass
+    # (fitted by Ray Data actors; the Predictor here scores them alike).
+    open_world = card["open_world"]
+    assert open_world["score"] == "mahalanobis" and open_world["threshold"] > 0
+    assert open_world["statistics_from"] == f"{card['data']['num_train']} training photos"
+    prediction, _ = validation_prediction(trained.artifact_uri, demo_tree)
+    scores = np.sort(prediction.scores["mahalanobis"])
+    assert np.mean(prediction.unknown) <= 0.05 + 1e-9  # at most 1 of the 20 validation photos
+    assert scores[int(0.95 * len(scores)) - 1] >= open_world["threshold"] / 1.02  # and no looser than that
     assert (
         card["training"]["num_workers"] == 2
         and card["training"]["image_size"] == 64

@@ -28,6 +28,7 @@ from animals10.card import Preprocessing
 from animals10.cluster import connect_ray
 from animals10.errors import Animals10Error, DataError
 from animals10.imaging import DEFAULT_MAX_PIXELS
+from animals10.open_world import check_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class BatchConfig:
     num_cpus_per_decode_task: float = 1.0
     top_k: int = 3
     tta: bool = False  # test-time augmentation: average with the mirrored photo
+    unknown: bool = True  # flag photos that are none of the classes, where the artifact can (open_world.py)
+    unknown_threshold: float | None = None  # None: the artifact's
+    embeddings: bool = False  # add each photo's embedding (float16) to its row
     resume: bool = False
     decode: str = "cpu"  # where JPEGs are decoded: cpu, gpu (nvJPEG) or mixed; the GPU modes need GPUs
     gpu_share: float = 0.5  # decode="mixed": the share of JPEGs decoded on the GPU
@@ -79,7 +83,8 @@ class JobSummary:
     classified: int = 0
     failed: int = 0
     failed_by_kind: dict = field(default_factory=dict)
-    per_class: dict = field(default_factory=dict)
+    per_class: dict = field(default_factory=dict)  # predicted labels, the photos flagged unknown included
+    unknown: int | None = None  # photos flagged unknown; None: not flagged (--no-unknown, or an older artifact)
     duplicates: int = 0  # manifest rows left out as repeats of an earlier row
     true_label: bool = False
     already_done: int = 0  # rows in parts of earlier runs (--resume)
@@ -103,13 +108,14 @@ class _Totals:
     def __init__(self):
         self.labels: Counter = Counter()
         self.errors: Counter = Counter()
-        self.rows = self.duplicates = self.skipped_rows = self.new_rows = self.parts = self.new_parts = 0
+        self.rows = self.duplicates = self.unknown = self.skipped_rows = self.new_rows = self.parts = self.new_parts = 0
 
     def add(self, counts: dict) -> None:
         self.labels.update(json.loads(counts["per_class"]))
         self.errors.update(json.loads(counts["failed_by_kind"]))
         self.rows += counts["rows"]
         self.duplicates += counts["duplicates"]
+        self.unknown += counts["unknown"]
         self.parts += 1
         if counts["skipped"]:
             self.skipped_rows += counts["rows"]
@@ -168,6 +174,8 @@ def classify_images(
 
     started = time.perf_counter()
     card = read_card(config.model_uri)  # fails early, in one sentence, on a bad model path
+    if config.unknown:
+        check_threshold(card.open_world, config.unknown_threshold, config.model_uri)
     plan = plan or plan_input(config, card.class_names)
     storage.check_writable(config.output_uri)
     job = {"model": card.id, "input": plan.input, "rows_per_part": config.rows_per_file}
@@ -194,6 +202,7 @@ def classify_images(
     summary.failed = sum(totals.errors.values())
     summary.failed_by_kind = {kind: totals.errors[kind] for kind in sorted(totals.errors)}
     summary.per_class = {name: totals.labels.get(name, 0) for name in card.class_names}
+    summary.unknown = totals.unknown if config.unknown and card.open_world else None
     summary.wall_time_s = round(time.perf_counter() - started, 3)
     summary.images_per_second = (
         round(summary.processed_this_run / summary.wall_time_s, 2) if summary.wall_time_s else 0.0
@@ -281,6 +290,9 @@ def _run_pipeline(
                 "batch_size": config.batch_size,
                 "top_k": config.top_k,
                 "tta": config.tta,
+                "unknown": config.unknown,
+                "unknown_threshold": config.unknown_threshold,
+                "embeddings": config.embeddings,
                 "gpu_decode": gpu_share > 0,
                 "max_pixels": config.max_pixels,
                 "s3_endpoint": endpoint,

@@ -36,9 +36,17 @@ PREDICTION_FIELDS = [
 ]
 
 
-def prediction_schema(with_true_label: bool) -> pa.Schema:
-    """The schema of every part; `true_label` only for labelled trees."""
-    return pa.schema(PREDICTION_FIELDS + ([pa.field("true_label", pa.string())] if with_true_label else []))
+def prediction_schema(with_true_label: bool, unknown: bool = False, embedding_width: int | None = None) -> pa.Schema:
+    """The schema of every part; `true_label` only for labelled trees, `unknown` and `unknown_score` with
+    an open world, `embedding` (float16, one fixed-size list per photo) when asked for."""
+    fields = list(PREDICTION_FIELDS)
+    if unknown:
+        fields += [pa.field("unknown", pa.bool_()), pa.field("unknown_score", pa.float32())]
+    if embedding_width:
+        fields.append(pa.field("embedding", pa.list_(pa.float16(), embedding_width)))
+    if with_true_label:
+        fields.append(pa.field("true_label", pa.string()))
+    return pa.schema(fields)
 
 
 def part_uri(output_uri: str, shard_id: str) -> str:

@@ -50,6 +50,7 @@ COUNT_FIELDS = [
     pa.field("duplicates", pa.int64()),
     pa.field("failed_by_kind", pa.string()),  # JSON {kind: count}
     pa.field("per_class", pa.string()),  # JSON {label: count}
+    pa.field("unknown", pa.int64()),  # photos flagged unknown
     pa.field("skipped", pa.bool_()),  # written by an earlier run
 ]
 
@@ -161,6 +162,9 @@ class ClassifyShard:
         batch_size: int = 64,
         top_k: int = 3,
         tta: bool = False,
+        unknown: bool = True,
+        unknown_threshold: float | None = None,
+        embeddings: bool = False,
         gpu_decode: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         s3_endpoint: str | None = None,
@@ -168,10 +172,14 @@ class ClassifyShard:
         from animals10.predictor import Predictor
 
         storage.set_s3_endpoint(s3_endpoint)
-        self.predictor = Predictor(model_uri, top_k=top_k, tta=tta)
+        self.predictor = Predictor(
+            model_uri, top_k=top_k, tta=tta, unknown=unknown, unknown_threshold=unknown_threshold
+        )
         self.output_uri, self.job, self.labelled = output_uri, job, labelled
-        self.batch_size, self.max_pixels = batch_size, max_pixels
-        self.schema = prediction_schema(labelled)
+        self.batch_size, self.max_pixels, self.embeddings = batch_size, max_pixels, embeddings
+        self.unknown = self.predictor.open_world is not None
+        width = self.predictor.embedding_width if embeddings else None
+        self.schema = prediction_schema(labelled, self.unknown, width)
         self.gpu_decode = gpu_decode and self.predictor.device.type != "cpu"
         if gpu_decode and not self.gpu_decode:
             logger.warning("GPU decoding: this replica has no GPU; decoding JPEGs on the CPU.")
@@ -191,14 +199,18 @@ class ClassifyShard:
             images = self._decode_jpegs(row["jpegs"], images, errors)
         good = [i for i, e in enumerate(errors) if not e]
         described: list[dict] = []
+        embeddings: list[np.ndarray] = []
         for start in range(0, len(good), self.batch_size):
-            chunk = good[start : start + self.batch_size]
-            described += self.predictor.describe(self.predictor.predict_probabilities(images[chunk]))
+            prediction = self.predictor.predict(images[good[start : start + self.batch_size]], self.embeddings)
+            described += self.predictor.describe(prediction)
+            if self.embeddings:
+                embeddings += list(prediction.embeddings.astype(np.float16))
         results = dict(zip(good, described))
-        columns = {
-            name: [results[i][name] if i in results else None for i in range(len(paths))]
-            for name in ("label", "label_index", "confidence", "top_k")
-        }
+        names = ["label", "label_index", "confidence", "top_k"] + (["unknown", "unknown_score"] if self.unknown else [])
+        columns = {name: [results[i][name] if i in results else None for i in range(len(paths))] for name in names}
+        if self.embeddings:
+            by_row = dict(zip(good, embeddings))
+            columns["embedding"] = [by_row.get(i) for i in range(len(paths))]
         columns.update(path=paths, error=[e or None for e in errors], model=[self.predictor.model_id] * len(paths))
         if self.labelled:
             columns["true_label"] = row["true_labels"]
@@ -211,6 +223,7 @@ class ClassifyShard:
             "duplicates": row["duplicates"],
             "failed_by_kind": dict(Counter(error_kind(e) for e in errors if e)),
             "per_class": dict(Counter(r["label"] for r in described)),
+            "unknown": sum(r.get("unknown", False) for r in described),
         }
         write_part(uri, table, stats)
         return _counts(row["shard"], uri, stats, skipped=False)
@@ -281,5 +294,6 @@ def _counts(shard: str, uri: str, stats: dict, skipped: bool) -> dict:
         "duplicates": stats.get("duplicates", 0),
         "failed_by_kind": json.dumps(stats["failed_by_kind"]),
         "per_class": json.dumps(stats["per_class"]),
+        "unknown": stats.get("unknown", 0),
         "skipped": skipped,
     }

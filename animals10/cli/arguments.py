@@ -30,3 +30,19 @@ share = number(lambda v: 0 < v <= 1, "a share: give a number above 0 and at most
 fraction = number(lambda v: 0 < v < 1, "a share of the photos: give a number above 0 and below 1")
 probability = number(lambda v: 0 <= v <= 1, "a probability: give a number from 0 to 1 (0 turns it off)")
 alpha = number(lambda v: v >= 0, "a Beta distribution's alpha: give a number >= 0 (0 turns it off)")
+
+
+def add_unknown_arguments(parser: argparse.ArgumentParser) -> None:
+    """--unknown-threshold and --no-unknown: how photos that are none of the classes are flagged."""
+    unknown = parser.add_mutually_exclusive_group()
+    unknown.add_argument(
+        "--unknown-threshold",
+        type=float,
+        default=None,
+        metavar="SCORE",
+        help="flag a photo unknown above this unknown score (default: the artifact's, chosen on validation so "
+        "that 95%% of in-class photos pass)",
+    )
+    unknown.add_argument(
+        "--no-unknown", action="store_true", help="no unknown flag and score (the predicted label is always kept)"
+    )

@@ -7,7 +7,7 @@ import argparse
 from animals10 import storage
 from animals10.batch.job import DECODE_MODES, BatchConfig, JobSummary, classify_images
 from animals10.batch.parts import SUMMARY_FILE
-from animals10.cli.arguments import non_negative, positive_int, share
+from animals10.cli.arguments import add_unknown_arguments, non_negative, positive_int, share
 from animals10.errors import Animals10Error
 
 INFER_EXAMPLES = """\
@@ -64,6 +64,12 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="test-time augmentation: average each photo's probabilities with its mirror's",
     )
+    add_unknown_arguments(parser)
+    parser.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="add each photo's embedding (the model's penultimate features, float16) as the column embedding",
+    )
     parser.add_argument(
         "--rows-per-file",
         type=positive_int,
@@ -98,7 +104,9 @@ def format_summary(summary: JobSummary) -> str:
         f"Photos: {summary.files_seen}   classified: {summary.classified}   failed: {summary.failed}"
         + (f" ({', '.join(f'{k}: {v}' for k, v in summary.failed_by_kind.items())})" if summary.failed else "")
         + (f"   duplicates left out: {summary.duplicates}" if summary.duplicates else ""),
-        "Per class: " + ", ".join(f"{k} {v}" for k, v in summary.per_class.items()),
+        "Per class: "
+        + ", ".join(f"{k} {v}" for k, v in summary.per_class.items())
+        + ("" if summary.unknown is None else f"   flagged unknown: {summary.unknown} (label kept)"),
         f"This run: {summary.processed_this_run} photos in {summary.wall_time_s:.1f} s "
         f"({summary.images_per_second:.1f} images/s"
         + (
@@ -133,6 +141,9 @@ def run_infer(args: argparse.Namespace) -> int:
         num_cpus_per_decode_task=args.cpus_per_decode_task,
         top_k=args.top_k,
         tta=args.tta,
+        unknown=not args.no_unknown,
+        unknown_threshold=args.unknown_threshold,
+        embeddings=args.embeddings,
         resume=args.resume,
         decode=args.decode,
         gpu_share=args.gpu_share,

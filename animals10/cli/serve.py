@@ -9,7 +9,9 @@ import signal
 import time
 
 from animals10.card import read_card
+from animals10.cli.arguments import add_unknown_arguments
 from animals10.cluster import connect_ray
+from animals10.open_world import check_threshold
 from animals10.serve.app import build_app
 from animals10.serve.config import (
     APP_NAME,
@@ -82,6 +84,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="test-time augmentation: average each photo's probabilities with its mirror's",
     )
+    add_unknown_arguments(parser)
     parser.add_argument(
         "--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB, help="largest request body accepted (413 above)"
     )
@@ -100,7 +103,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     remote = bool(os.environ.get("RAY_ADDRESS"))
     if not remote or args.model.startswith("s3://"):
-        read_card(args.model)  # a bad path fails here in one sentence, not in a replica's log
+        card = read_card(args.model)  # a bad path fails here in one sentence, not in a replica's log
+        if not args.no_unknown:
+            check_threshold(card.open_world, args.unknown_threshold, args.model)
     key_file = os.path.abspath(args.api_key_file) if args.api_key_file else None
     protected = read_api_key(key_file) is not None  # a bad key fails here too
     if args.high_throughput and remote:
@@ -129,6 +134,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queued_requests=args.max_queued_requests,
         access_log=not args.no_access_log,
         tta=args.tta,
+        unknown=not args.no_unknown,
+        unknown_threshold=args.unknown_threshold,
         api_key_file=key_file,
     )
     try:

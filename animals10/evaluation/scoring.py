@@ -22,6 +22,7 @@ from animals10.data import load_photo
 from animals10.errors import DataError
 from animals10.evaluation.parquet import is_parquet_output, score_parquet
 from animals10.evaluation.sets import read_tree_set, read_validation_set
+from animals10.evaluation.unknown import open_world_metrics, read_unknown_paths
 from animals10.metrics import classification_metrics, confusion_matrix, log_loss, most_confused_pairs, top_k_hits
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ModelEvaluation:
     y_pred: np.ndarray  # (N,) int64 class indices
     confidence: np.ndarray  # (N,) float, probability of the predicted class
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of photos not scored
+    open_world: dict | None = None  # unknown.open_world_metrics; None: the model has no open world
     num_parameters: int | None = None
     card: ModelCard | None = None
     tta: bool = False
@@ -64,6 +66,7 @@ class ModelEvaluation:
             "num_parameters": self.num_parameters,
             "tta": self.tta,
             "metrics": self.metrics,
+            "open_world": self.open_world,
         }
 
 
@@ -95,12 +98,14 @@ def evaluation_metrics(y_true, y_pred, class_names: list[str], probabilities=Non
 
 
 def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads: int | None = None):
-    """Runs `predictor` over photos in batches: ((M, C) probabilities, the M indices of `paths` scored,
-    skipped [(path, why)])."""
+    """Runs `predictor` over photos in batches: (the `Prediction` of the M photos scored, the M indices of
+    `paths` scored, skipped [(path, why)])."""
     from tqdm.auto import tqdm
 
+    from animals10.predictor import Prediction
+
     num_threads = num_threads or min(8, (os.cpu_count() or 1) + 2)  # decoding waits on I/O too (S3)
-    probabilities, kept, skipped = [], [], []
+    predictions, kept, skipped = [], [], []
     with ThreadPoolExecutor(num_threads) as pool:
         starts = range(0, len(paths), batch_size)
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
@@ -113,12 +118,12 @@ def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads
                 else:
                     images.append(image)
                     kept.append(start + offset)
-            if not images:
-                continue
-            batch = np.stack(images)  # (B, S, S, 3) uint8
-            probabilities.append(predictor.predict_probabilities(batch))
-    num_classes = len(predictor.class_names)
-    return (np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes), np.float32)), kept, skipped
+            if images:
+                predictions.append(predictor.predict(np.stack(images)))  # (B, S, S, 3) uint8
+    if not predictions:
+        return predictor.predict(np.zeros((0, 1, 1, 3), np.uint8)), kept, skipped
+    scores = {name: np.concatenate([p.scores[name] for p in predictions]) for name in predictions[0].scores}
+    return Prediction(np.concatenate([p.probabilities for p in predictions]), scores=scores), kept, skipped
 
 
 def evaluate_model(
@@ -127,10 +132,12 @@ def evaluate_model(
     *,
     batch_size: int = 64,
     tta: bool = False,
+    unknown: str | None = None,
     device=None,
     name: str | None = None,
 ) -> ModelEvaluation:
-    """Scores one artifact: on its validation split (data=None), on a labelled tree, or from a Parquet output."""
+    """Scores one artifact: on its validation split (data=None), on a labelled tree, or from a Parquet output;
+    `unknown`: a folder of photos that show none of the classes, for the open-world figures."""
     from animals10.models import count_parameters
     from animals10.predictor import Predictor
 
@@ -143,14 +150,18 @@ def evaluate_model(
         evaluation_set, predicted, confidence, top3, skipped = score_parquet(card, model_uri, str(data), TOP_K)
         paths, y_true, y_pred = evaluation_set.paths, np.asarray(evaluation_set.labels), np.asarray(predicted)
         metrics = evaluation_metrics(y_true, y_pred, card.class_names, top3_hits=top3)
-        num_parameters, tta = None, False
+        num_parameters, tta, open_world = None, False, None
+        if unknown:
+            logger.warning("--unknown does not apply to scoring a Parquet output; score the photos with --data.")
     else:
         evaluation_set = (
             read_validation_set(card, model_uri) if data is None else read_tree_set(card, model_uri, str(data))
         )
+        unknown_paths = read_unknown_paths(card, unknown) if unknown and card.open_world else None  # fails early
         predictor = Predictor(model_uri, device=device, top_k=TOP_K, tta=tta)
         logger.info("Scoring %s on %s", name, evaluation_set.description)
-        probabilities, kept, skipped = predict_paths(predictor, evaluation_set.paths, batch_size)
+        prediction, kept, skipped = predict_paths(predictor, evaluation_set.paths, batch_size)
+        probabilities = prediction.probabilities
         if not kept:
             raise DataError(
                 f"None of the {len(evaluation_set.paths)} photos in {evaluation_set.description} could be decoded; "
@@ -162,6 +173,7 @@ def evaluate_model(
         confidence = probabilities.max(axis=1).astype(np.float64)
         metrics = evaluation_metrics(y_true, y_pred, card.class_names, probabilities=probabilities)
         num_parameters = count_parameters(predictor.model)
+        open_world = _open_world(predictor, card, prediction, y_pred == y_true, unknown, unknown_paths, batch_size)
     return ModelEvaluation(
         name=name,
         model_uri=model_uri,
@@ -178,7 +190,25 @@ def evaluate_model(
         num_parameters=num_parameters,
         card=card,
         tta=tta,
+        open_world=open_world,
     )
+
+
+def _open_world(predictor, card: ModelCard, known, correct, unknown: str | None, paths: list[str] | None, batch_size):
+    """The open-world figures of the known photos' `Prediction` (and of the unknown photos at `paths`)."""
+    if predictor.open_world is None:
+        if unknown:
+            logger.warning("%s has no open-world statistics (an older artifact): --unknown is left out.", card.id)
+        return None
+    if not paths:
+        return open_world_metrics(card, known.scores, correct)
+    logger.info("Scoring %d photos that show none of the classes, from %s", len(paths), unknown)
+    prediction, kept, _ = predict_paths(predictor, paths, batch_size)
+    if not kept:
+        raise DataError(f"None of the {len(paths)} photos under --unknown '{unknown}' could be decoded; check them.")
+    labels = prediction.probabilities.argmax(axis=1)
+    metrics = open_world_metrics(card, known.scores, correct, prediction.scores, labels)
+    return {**metrics, "unknown_source": unknown}
 
 
 def display_names(model_uris: list[str]) -> list[str]:

@@ -103,7 +103,15 @@ class CustomCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes) logits
-        return self.classifier(self.pool(self.features(x)))
+        return self.classify(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, hidden): the last hidden layer, which the final linear layer reads."""
+        return self.classifier[:3](self.pool(self.features(x)))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings -> (B, num_classes) logits (dropout, then the final linear layer)."""
+        return self.classifier[3:](features)
 
 
 @register_model("custom_cnn", mean=UNIT_MEAN, std=UNIT_STD, default_epochs=30, transfer=False)

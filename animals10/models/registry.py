@@ -1,6 +1,8 @@
 """Models by name: a registry, as timm's `register_model` / `create_model`, and helpers every model uses.
 
-Models return logits; softmax is applied by whoever turns them into probabilities. Importing this
+Models return logits; softmax is applied by whoever turns them into probabilities. Every model also
+has `embed(x)` (its penultimate features, the embedding) and `classify(embedding)` (the logits), with
+`forward(x) == classify(embed(x))`: the open-world scores and `--embeddings` read the embedding. Importing this
 package registers the three architectures: `custom_cnn` (custom_cnn.py), `mobilenet_v2` and
 `efficientnet_lite0` (transfer.py), and the family `timm:<name>` (timm_zoo.py): a name with a
 registered prefix is resolved by that family when it is first asked for.

@@ -59,7 +59,15 @@ class TransferModel(nn.Module):
         self.batchnorm_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.classify(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_features): the pooled features the head reads (the embedding)."""
+        return self.backbone(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings -> (B, num_classes) logits."""
+        return self.head(features)
 
     def start_head_from_imagenet(self, classifier: nn.Linear, class_names: Sequence[str]) -> list[str]:
         """Starts the head where the backbone's own ImageNet `classifier` already tells the classes apart:

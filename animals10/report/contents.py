@@ -14,6 +14,7 @@ from animals10.report.document import Document, Image, Table
 from animals10.report.plots import (
     figure_png,
     plot_confusion_matrix,
+    plot_coverage_accuracy,
     plot_per_class_f1,
     plot_reliability,
     plot_sample_grid,
@@ -189,6 +190,56 @@ def per_class_table(evaluations: list[ModelEvaluation]) -> Table:
     return Table(header, rows)
 
 
+def open_world_section(document: Document, evaluations: list[ModelEvaluation]) -> None:
+    """Photos that are none of the classes: how many each model flags, how well its scores tell them apart
+    (with `evaluate --unknown`), which labels they get, and the coverage-accuracy curve."""
+    with_world = [e for e in evaluations if e.open_world]
+    if not with_world:
+        return
+    document.heading("Photos that are none of the classes")
+    document.paragraph(
+        "A photo is flagged unknown when its unknown score is above the threshold chosen on the validation split "
+        "at the end of training, which 95% of in-class photos stay under; its label is kept beside the flag."
+    )
+    rows = [
+        [e.name, e.open_world["score"], _number(e.open_world["threshold"], 4), _percent(e.open_world["known_flagged"])]
+        + ([_percent(e.open_world["unknown_flagged"])] if "per_score" in e.open_world else ["n/a"])
+        for e in with_world
+    ]
+    document.table(Table(["Model", "Score", "Threshold", "Known photos flagged", "Unknown photos flagged"], rows, 1))
+    scored = [e for e in with_world if "per_score" in e.open_world]
+    if scored:
+        first = scored[0].open_world
+        document.paragraph(
+            f"Unknown photos: {first['num_unknown']} from {first['unknown_source']}. AUROC: the chance that an unknown "
+            "photo scores above a known one (1 is perfect, 0.5 is chance). FPR at 95% TPR: the share of unknown "
+            "photos that pass a threshold letting 95% of the known ones through (lower is better)."
+        )
+        rows = [
+            [e.name, name, _number(values["auroc"]), _percent(values["fpr_at_95_tpr"])]
+            for e in scored
+            for name, values in e.open_world["per_score"].items()
+        ]
+        document.table(Table(["Model", "Score", "AUROC", "FPR at 95% TPR"], rows, 2))
+        names = scored[0].class_names
+        document.paragraph("The labels the unknown photos were given (their share of the unknown photos):")
+        document.table(
+            Table(
+                ["Model", *names],
+                [[e.name, *[_percent(e.open_world["unknown_labels"][n]) for n in names]] for e in scored],
+                1,
+            )
+        )
+    document.image(
+        Image(
+            "coverage_accuracy.png",
+            figure_png(plot_coverage_accuracy(with_world)),
+            "Accuracy of the known photos kept as the unknown threshold rises; circle: each model's threshold",
+            "coverage-accuracy curves",
+        )
+    )
+
+
 def build_document(
     evaluations: list[ModelEvaluation], histories: dict[str, list[dict]], samples: int = 16
 ) -> tuple[Document, str, str]:
@@ -264,6 +315,8 @@ def build_document(
                 f"{e.name} reliability diagram",
             )
         )
+
+    open_world_section(document, evaluations)
 
     document.heading("Training curves")
     for e in evaluations:

@@ -246,6 +246,26 @@ def plot_reliability(evaluation: ModelEvaluation):
     return figure
 
 
+def plot_coverage_accuracy(evaluations: list[ModelEvaluation]):
+    """Per model: the accuracy of the known photos kept, as the unknown threshold rises from keeping the
+    least doubtful 5% to keeping all; the marker shows where the model's own threshold sits."""
+    figure = new_figure(5.6, 4.2)
+    ax = figure.subplots()
+    for e in evaluations:
+        world = e.open_world
+        curve = np.asarray(world["coverage_accuracy"])
+        (line,) = ax.plot(curve[:, 0], curve[:, 1], marker=".", label=f"{e.name} ({world['score']})")
+        coverage = 1 - world["known_flagged"]
+        ax.plot([coverage], [np.interp(coverage, curve[:, 0], curve[:, 1])], "o", color=line.get_color(),
+                markersize=9, markerfacecolor="none")  # fmt: skip
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("coverage: share of known photos kept")
+    ax.set_ylabel("accuracy of the kept photos")
+    ax.set_title("Coverage and accuracy (circle: the model's threshold)", fontsize=11, fontweight="bold")
+    ax.legend(fontsize=8, loc="lower left")
+    return figure
+
+
 def sample_grid_shape(num_photos: int) -> tuple[int, int]:
     """(rows, columns) of the sample grid: as square as possible."""
     columns = max(1, math.ceil(math.sqrt(num_photos)))

@@ -87,6 +87,7 @@ def write_report(
     samples: int = 16,
     batch_size: int = 64,
     tta: bool = False,
+    unknown: str | None = None,
     device=None,
 ) -> Report:
     """Scores each model (on its own validation split, or on `data`: a labelled tree or a Parquet output
@@ -96,5 +97,5 @@ def write_report(
     for uri in model_uris:
         read_card(uri)  # 'not a model artifact' before 'no history'
     histories = {uri: read_history(uri) for uri in model_uris}
-    evaluations = evaluate_models(model_uris, data, batch_size=batch_size, tta=tta, device=device)
+    evaluations = evaluate_models(model_uris, data, batch_size=batch_size, tta=tta, unknown=unknown, device=device)
     return render_report(evaluations, histories, output, samples)

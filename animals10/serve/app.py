@@ -108,7 +108,7 @@ async def _internal_error(request: Request, error: Exception) -> JSONResponse:
 
 def predict_batch(predictor: Predictor, images: np.ndarray) -> list[dict]:
     """(B, S, S, 3) uint8 -> one description per photo, with the model id."""
-    results = predictor.describe(predictor.predict_probabilities(images))
+    results = predictor.describe(predictor.predict(images))
     for result in results:
         result["model_id"] = predictor.model_id
     return results
@@ -155,14 +155,13 @@ class Classifier:
         async with self._reconfigure_lock:
             self.classify.set_max_batch_size(config.max_batch_size)
             self.classify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-            if (
-                self.predictor is None
-                or self.config is None
-                or (config.model_uri, config.tta) != (self.config.model_uri, self.config.tta)
-            ):
+            if self.predictor is None or self.config is None or config.model_settings() != self.config.model_settings():
                 started = time.perf_counter()
                 # Loaded off the event loop: the old model keeps answering until the new one is ready.
-                load = functools.partial(Predictor, config.model_uri, tta=config.tta)
+                load = functools.partial(
+                    Predictor, config.model_uri, tta=config.tta, unknown=config.unknown,
+                    unknown_threshold=config.unknown_threshold,
+                )  # fmt: skip
                 predictor = await asyncio.get_running_loop().run_in_executor(None, load)
                 self.predictor = predictor
                 logger.info(
@@ -210,7 +209,9 @@ class Classifier:
         summary="Classify one or more photos",
         description=(
             "Send one photo as the raw body with an image/* content type, or one or more photos as "
-            "multipart/form-data file fields. Answers, per photo: label, confidence, top_k and model_id. "
+            "multipart/form-data file fields. Answers, per photo: label, confidence, top_k and model_id, and, "
+            "where the model has open-world statistics, unknown (true: none of the classes; the label is kept) "
+            "and unknown_score. "
             "The x-batch-size header says how many photos the largest model batch holding this request's photos had."
         ),
         openapi_extra={
@@ -308,6 +309,8 @@ def build_app(
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     access_log: bool = True,
     tta: bool = False,
+    unknown: bool = True,
+    unknown_threshold: float | None = None,
     api_key_file: str | None = None,
     api_key_env: str | None = None,
 ) -> serve.Application:
@@ -324,7 +327,9 @@ def build_app(
     read_api_key(api_key_file, api_key_env)  # a bad key fails here, not in a replica
     user_config = None
     if model_uri:
-        user_config = ModelConfig(model_uri, max_batch_size, batch_wait_timeout_s, tta).to_user_config()
+        user_config = ModelConfig(
+            model_uri, max_batch_size, batch_wait_timeout_s, tta, unknown, unknown_threshold
+        ).to_user_config()
         ModelConfig.from_user_config(user_config)  # validates the numbers here, not in a replica
     from ray.serve.config import BackpressureConfig
 
@@ -365,9 +370,9 @@ def app_builder(args: dict) -> serve.Application:
     """For `serve run` / `serve deploy` (import_path animals10.serve:app_builder).
 
     `args` may hold model_uri, max_batch_size, batch_wait_timeout_s, max_body_mb, max_files,
-    torch_threads, max_ongoing_requests, max_queued_requests, access_log, tta, api_key_file and
-    api_key_env (the name of the variable that holds the key, never the key); a `user_config` in the
-    config file's deployments section overrides the first three.
+    torch_threads, max_ongoing_requests, max_queued_requests, access_log, tta, unknown,
+    unknown_threshold, api_key_file and api_key_env (the name of the variable that holds the key, never
+    the key); a `user_config` in the config file's deployments section overrides the first three.
     """
     args = dict(args or {})
     known = {
@@ -379,6 +384,8 @@ def app_builder(args: dict) -> serve.Application:
         "torch_threads",
         "access_log",
         "tta",
+        "unknown",
+        "unknown_threshold",
         "max_ongoing_requests",
         "max_queued_requests",
         "api_key_file",

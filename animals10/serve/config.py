@@ -35,16 +35,15 @@ class ModelConfig:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S
     tta: bool = False  # test-time augmentation: average with the mirrored photo
+    unknown: bool = True  # flag photos that are none of the classes, where the artifact can
+    unknown_threshold: float | None = None  # None: the artifact's
 
     @classmethod
     def from_user_config(cls, values: dict | None) -> ModelConfig:
         values = dict(values or {})
-        unknown = set(values) - {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta"}
-        if unknown:
-            raise ValueError(
-                f"Unknown user_config keys {sorted(unknown)}; use model_uri, max_batch_size, batch_wait_timeout_s and "
-                "tta."
-            )
+        keys = {"model_uri", "max_batch_size", "batch_wait_timeout_s", "tta", "unknown", "unknown_threshold"}
+        if set(values) - keys:
+            raise ValueError(f"Unknown user_config keys {sorted(set(values) - keys)}; use {', '.join(sorted(keys))}.")
         if not values.get("model_uri"):
             raise ValueError(
                 "The deployment's user_config has no model_uri; set it to a model artifact directory or s3:// URI."
@@ -54,6 +53,8 @@ class ModelConfig:
             int(values.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
             float(values.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_TIMEOUT_S)),
             bool(values.get("tta", False)),
+            bool(values.get("unknown", True)),
+            None if values.get("unknown_threshold") is None else float(values["unknown_threshold"]),
         )
         if config.max_batch_size < 1 or config.batch_wait_timeout_s < 0:
             raise ValueError("user_config needs max_batch_size >= 1 and batch_wait_timeout_s >= 0.")
@@ -65,4 +66,10 @@ class ModelConfig:
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
             "tta": self.tta,
+            "unknown": self.unknown,
+            "unknown_threshold": self.unknown_threshold,
         }
+
+    def model_settings(self) -> tuple:
+        """What the loaded Predictor depends on: a change reloads it."""
+        return self.model_uri, self.tta, self.unknown, self.unknown_threshold

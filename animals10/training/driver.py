@@ -20,13 +20,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from animals10 import storage
-from animals10.artifact import save_artifact
+from animals10.artifact import save_artifact, write_card
 from animals10.card import ModelCard, Preprocessing
 from animals10.cluster import connect_ray
 from animals10.data import LabelledTree, decode_batch, read_labelled_tree, split_indices
 from animals10.errors import SettingsError
 from animals10.models import create_model, folder_name, get_model_spec
 from animals10.training.config import TrainConfig
+from animals10.training.open_world_fit import fit_open_world
 from animals10.training.worker import WorkerTask, read_checkpoint, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,25 @@ def _calibration(epoch: dict) -> dict:
     }
 
 
+def _open_world(config: TrainConfig, model_name: str, uri: str, tree: LabelledTree, train_idx, val, use_gpu) -> dict:
+    """The kept model's open-world statistics and thresholds (`fit_open_world`), or none, with a warning
+    saying why (photos of that artifact are then never flagged unknown)."""
+    preprocessing = config.preprocessing(model_name)  # inference's: no augmentation
+    train = _dataset(tree.records(train_idx), preprocessing)
+    try:
+        open_world = fit_open_world(
+            uri, train, val, len(tree.class_names), config.num_workers, use_gpu, config.cpus_per_worker
+        )
+    except ValueError as error:
+        logger.warning("%s: no open-world statistics (%s); no photo will be flagged unknown.", model_name, error)
+        return {}
+    logger.info(
+        "%s: photos with a %s score above %.4g are unknown (%.0f%% of validation photos are below it)",
+        model_name, open_world["score"], open_world["threshold"], 100 * open_world["true_positive_rate"],
+    )  # fmt: skip
+    return open_world
+
+
 def _class_weights(tree: LabelledTree, train_idx: list[int]) -> list[float]:
     """Inverse class frequency, mean 1 over the photos: a class with half the photos weighs double."""
     counts = tree.class_counts(train_idx)
@@ -248,6 +268,8 @@ def train_model(
     )
     uri = storage.join(config.output, folder_name(model_name))
     save_artifact(model, card, uri, extra_files=_history_files(history))
+    card.open_world = _open_world(config, model_name, uri, tree, train_idx, datasets["val"], use_gpu)
+    write_card(card, uri)
     why = "the last" if config.keep == "last" else "the best validation loss"
     logger.info("%s: kept epoch %d (%s); artifact in %s", model_name, kept["epoch"], why, uri)
     if latest["skipped"]:

@@ -1,0 +1,107 @@
+"""Fitting the open world after training, with Ray Data: the kept model embeds the training photos,
+whose sums give the statistics; then it scores the validation photos, whose histograms give the
+thresholds (open_world.py says what these are).
+
+Both passes run in an actor pool of the training run's size (on GPUs where training ran on GPUs), the
+model loaded once per actor from the artifact, as batch inference does. Each block of photos comes back
+to the driver as one row of fixed-size sums, which the driver adds up: nothing it holds grows with the
+photos.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from animals10.open_world import (
+    DEFAULT_SCORE,
+    HISTOGRAM_EDGES,
+    SCORES,
+    SHRINKAGE,
+    TRUE_POSITIVE_RATE,
+    FeatureStatistics,
+    feature_sums,
+    score_histogram,
+    threshold_at,
+    unknown_scores,
+    write_statistics,
+)
+
+logger = logging.getLogger(__name__)
+
+BLOCK_PHOTOS = 512  # photos whose sums travel back as one row
+FORWARD_BATCH = 64  # photos per forward pass
+
+
+class SumPhotos:
+    """A Ray Data actor: a block of decoded photos -> one row of fixed-size sums. Without statistics,
+    the embedding sums (`feature_sums`); with them, one histogram of each unknown score."""
+
+    def __init__(self, model_uri: str, statistics: FeatureStatistics | None = None):
+        from animals10.predictor import Predictor
+
+        self.predictor = Predictor(model_uri, unknown=False)
+        self.statistics = None if statistics is None else statistics.to(self.predictor.device)
+        self.num_classes = len(self.predictor.class_names)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        good = np.asarray(batch["error"], dtype=object) == ""
+        images, labels = batch["image"][good], np.asarray(batch["label"], dtype=np.int64)[good]
+        if self.statistics is None:
+            total = np.zeros(0)
+            for start in range(0, len(images), FORWARD_BATCH):
+                embeddings = self.predictor.predict(images[start : start + FORWARD_BATCH], embeddings=True).embeddings
+                sums = feature_sums(embeddings, labels[start : start + FORWARD_BATCH], self.num_classes)
+                total = sums if not len(total) else total + sums
+            return {"sums": [total.tobytes()], "photos": [len(images)]}
+        histograms = np.zeros((len(SCORES), len(HISTOGRAM_EDGES) - 1))
+        for start in range(0, len(images), FORWARD_BATCH):
+            prediction = self.predictor.predict(images[start : start + FORWARD_BATCH], embeddings=True)
+            probabilities = torch.as_tensor(prediction.probabilities, device=self.predictor.device)
+            embeddings = torch.as_tensor(prediction.embeddings, device=self.predictor.device)
+            scores = unknown_scores(probabilities, embeddings, self.statistics)
+            histograms += np.stack([score_histogram(scores[name]) for name in SCORES])
+        return {"sums": [histograms.tobytes()], "photos": [len(images)]}
+
+
+def _add_up(dataset, model_uri: str, statistics, pool: dict) -> tuple[np.ndarray, int]:
+    """Runs `SumPhotos` over `dataset`; the rows' sums added up, and the photos counted."""
+    rows = dataset.map_batches(
+        SumPhotos, fn_constructor_kwargs={"model_uri": model_uri, "statistics": statistics}, batch_size=BLOCK_PHOTOS,
+        **pool,
+    )  # fmt: skip
+    total, photos = None, 0
+    for row in rows.iter_rows():
+        sums = np.frombuffer(row["sums"], dtype=np.float64)
+        total = sums.copy() if total is None else total + sums
+        photos += int(row["photos"])
+    return total, photos
+
+
+def fit_open_world(model_uri: str, train, val, num_classes: int, workers: int, use_gpu: bool, cpus: int) -> dict:
+    """Fits the statistics on `train` and the thresholds on `val` (Ray datasets of decoded photos at the
+    model's preprocessing); writes the statistics into the artifact; returns its `card.open_world`."""
+    pool = {"concurrency": (1, workers), "num_gpus": 1 if use_gpu else 0, "num_cpus": cpus}
+    sums, num_train = _add_up(train, model_uri, None, pool)
+    if not num_train:
+        raise ValueError("no training photo could be decoded")
+    statistics = FeatureStatistics.from_sums(sums, num_classes, SHRINKAGE)
+    sums, num_val = _add_up(val, model_uri, statistics, pool)
+    if not num_val:
+        raise ValueError("no validation photo could be decoded")
+    histograms = sums.reshape(len(SCORES), -1)
+    thresholds = {name: threshold_at(histograms[i], TRUE_POSITIVE_RATE) for i, name in enumerate(SCORES)}
+    write_statistics(model_uri, statistics)
+    return {
+        "score": DEFAULT_SCORE,
+        "threshold": thresholds[DEFAULT_SCORE],
+        "thresholds": thresholds,  # every score's, for comparison (evaluate --unknown)
+        "true_positive_rate": TRUE_POSITIVE_RATE,
+        "shrinkage": SHRINKAGE,
+        "embedding_width": int(statistics.whitening.shape[0]),
+        "statistics_from": f"{num_train} training photos",
+        "threshold_from": f"{num_val} validation photos",
+    }
