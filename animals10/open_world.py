@@ -57,10 +57,6 @@ def feature_sums(features: np.ndarray, labels: np.ndarray, num_classes: int) -> 
     return np.concatenate([counts, class_sums.ravel(), (x.T @ x).ravel()])
 
 
-def sums_width(num_classes: int, num_features: int) -> int:
-    return num_classes + num_classes * num_features + num_features * num_features
-
-
 @dataclass(frozen=True)
 class FeatureStatistics:
     """The shared covariance of the normalised embeddings as a whitening matrix W (D, D), and the class
@@ -73,6 +69,7 @@ class FeatureStatistics:
 
     @classmethod
     def from_sums(cls, sums: np.ndarray, num_classes: int, shrinkage: float = SHRINKAGE) -> FeatureStatistics:
+        # `feature_sums` lays out C + C D + D^2 numbers: D is the root of that quadratic.
         width = int(round((-num_classes + math.sqrt(num_classes**2 + 4 * (len(sums) - num_classes))) / 2))
         counts = sums[:num_classes]
         class_sums = sums[num_classes : num_classes + num_classes * width].reshape(num_classes, width)

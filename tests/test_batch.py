@@ -322,7 +322,7 @@ def test_gpu_decode_without_a_gpu_decodes_on_the_cpu_with_the_same_result(untrai
         photos["d.jpg"],
     ]  # PNGs decode on the CPU
     assert sum(1 for b in mixed.column("jpegs")[0].as_py() if b) == 1  # half of the JPEGs
-    job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4}
+    job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4, "columns": []}
     classify = ClassifyShard(untrained_artifact, str(tmp_path / "out"), job, labelled=False, gpu_decode=True)
     assert not classify.gpu_decode
     results = []
@@ -347,7 +347,7 @@ def test_the_device_decode_path_crops_as_the_cpu_path_does(tmp_path, photo_size)
     uri = str(tmp_path / "cropping")
     card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), preprocessing)
     save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, uri)
-    job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4}
+    job = {"model": "m", "input": str(tmp_path), "rows_per_part": 4, "columns": []}
     classify = ClassifyShard(uri, str(tmp_path / "out"), job, labelled=False)
     jpeg = encode(np.asarray(Image.fromarray(data.astronaut()).resize(photo_size)), "JPEG")
     [on_device] = classify._decode_on_device([0], [jpeg]).values()
@@ -577,7 +577,9 @@ def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_par
     assert again.processed_this_run == 0 and again.already_done == 24 and read_output(str(output)).num_rows == 24
 
 
-def test_resuming_with_another_part_size_is_one_sentence(ray_session, demo_tree, untrained_artifact, tmp_path):
+def test_resuming_with_another_part_size_or_other_columns_is_one_sentence(
+    ray_session, demo_tree, untrained_artifact, tmp_path
+):
     output = str(tmp_path / "out")
     classify_images(BatchConfig(untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=5, progress=False))
     with pytest.raises(Exception, match="--rows-per-file 5, not 6"):
@@ -586,6 +588,14 @@ def test_resuming_with_another_part_size_is_one_sentence(ray_session, demo_tree,
                 untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=6, resume=True, progress=False
             )
         )
+    # Parts of one output share one schema: a resume that would add the embedding column is refused too.
+    with pytest.raises(Exception, match=r"optional columns .* \['unknown'\], not \['unknown', 'embedding'\]"):
+        classify_images(
+            BatchConfig(
+                untrained_artifact, str(demo_tree / "gatto"), output, rows_per_file=5, resume=True, embeddings=True,
+                progress=False,
+            )
+        )  # fmt: skip
 
 
 # --- Manifests --------------------------------------------------------------------------------

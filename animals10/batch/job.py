@@ -178,7 +178,8 @@ def classify_images(
         check_threshold(card.open_world, config.unknown_threshold, config.model_uri)
     plan = plan or plan_input(config, card.class_names)
     storage.check_writable(config.output_uri)
-    job = {"model": card.id, "input": plan.input, "rows_per_part": config.rows_per_file}
+    columns = (["unknown"] if config.unknown and card.open_world else []) + (["embedding"] if config.embeddings else [])
+    job = {"model": card.id, "input": plan.input, "rows_per_part": config.rows_per_file, "columns": columns}
     existing = first_part(config.output_uri)
     if existing and not config.resume:
         raise DataError(

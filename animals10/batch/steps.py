@@ -87,8 +87,14 @@ def produce_shards(
 
 
 def check_same_job(stats: dict, expected: dict, uri: str) -> None:
-    """A part of an earlier run may be kept only if the same model, input and rows per part made it."""
-    for name, option in (("model", "--model"), ("input", "--input"), ("rows_per_part", "--rows-per-file")):
+    """A part of an earlier run may be kept only if the same model, input, rows per part and optional
+    columns made it (parts written before optional columns existed have none)."""
+    stats = {"columns": [], **stats}
+    settings = (
+        ("model", "--model"), ("input", "--input"), ("rows_per_part", "--rows-per-file"),
+        ("columns", "the optional columns (--no-unknown, --embeddings)"),
+    )  # fmt: skip
+    for name, option in settings:
         if stats.get(name) != expected[name]:
             raise DataError(
                 f"'{uri}' was written with {option} {stats.get(name)}, not {expected[name]}; resume with the same "
