@@ -5,8 +5,8 @@ Every score is an *unknown score*: higher means less like the photos the model w
     max_probability   1 - the calibrated probability of the predicted class (Hendrycks & Gimpel 2017)
     mahalanobis       the squared Mahalanobis distance of the L2-normalised embedding to the nearest
                       class mean, under one shared covariance (Lee et al. 2018), shrunk towards a
-                      multiple of the identity because training sets hold fewer photos than the
-                      embedding has dimensions
+                      multiple of the identity, as a small training set may hold fewer photos
+                      than the embedding has dimensions
 
 The statistics (a whitening matrix and the whitened class means) come from sums over the training photos that
 workers add up (`feature_sums`): their size is fixed by the classes and the embedding width, never by

@@ -85,13 +85,16 @@ class Predictor:
 
     @functools.cached_property
     def embedding_width(self) -> int:
-        """The width of the embeddings (`predict(..., embeddings=True)`), from one blank photo."""
+        """The width of the embeddings (`predict(..., embeddings=True)`): the card's, else from one blank photo."""
+        if "embedding_width" in self.card.open_world:
+            return int(self.card.open_world["embedding_width"])
         blank = np.zeros((1, self.image_size, self.image_size, 3), dtype=np.uint8)
         return int(self.predict(blank, embeddings=True).embeddings.shape[1])
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray | torch.Tensor, embeddings: bool = False) -> Prediction:
-        """(B, S, S, 3) uint8 -> the batch's `Prediction`."""
+        """(B, S, S, 3) uint8 -> the batch's `Prediction`. With TTA the probabilities are averaged with the
+        mirrored photo's; embeddings and unknown scores are the photo's own."""
         if isinstance(images, np.ndarray) and not images.flags.writeable:
             images = images.copy()  # torch wants writable memory (decoded photos may be read-only views)
         batch = torch.as_tensor(images)
@@ -103,22 +106,24 @@ class Predictor:
         with autocast(self.device, self.mixed_precision):
             features = self.model.embed(x).float()
             probabilities = (self.model.classify(features).float() / self.temperature).softmax(dim=1)
+            single_view = probabilities
             if self.tta:
                 mirrored = self.model.embed(x.flip(-1)).float()
-                probabilities += (self.model.classify(mirrored).float() / self.temperature).softmax(dim=1)
-                probabilities, features = probabilities / 2, (features + mirrored) / 2
+                probabilities = (
+                    probabilities + (self.model.classify(mirrored).float() / self.temperature).softmax(1)
+                ) / 2
         prediction = Prediction(probabilities.cpu().numpy())
         if embeddings:
             prediction.embeddings = features.cpu().numpy()
-        if self.open_world is not None:
-            prediction.scores = unknown_scores(probabilities, features, self.open_world.statistics)
+        if self.open_world is not None:  # on the photo as it is (with TTA too): as the threshold was fitted
+            prediction.scores = unknown_scores(single_view, features, self.open_world.statistics)
             prediction.unknown_score, prediction.unknown = self.open_world.flags(prediction.scores)
         return prediction
 
     def _empty(self, embeddings: bool) -> Prediction:
         prediction = Prediction(np.zeros((0, len(self.class_names)), dtype=np.float32))
         if embeddings:
-            prediction.embeddings = np.zeros((0, 0), np.float32)
+            prediction.embeddings = np.zeros((0, self.embedding_width), np.float32)
         if self.open_world is not None:
             prediction.scores = {name: np.zeros(0, np.float32) for name in SCORES}
             prediction.unknown_score, prediction.unknown = np.zeros(0, np.float32), np.zeros(0, bool)

@@ -127,8 +127,7 @@ def add_open_world(uri: str, seed: int, photos: int = 60) -> None:
         torch.as_tensor(prediction.probabilities), torch.as_tensor(prediction.embeddings), statistics
     )
     write_statistics(uri, statistics)
-    thresholds = {name: float(np.median(values)) for name, values in scores.items()}
-    card.open_world = {"score": "mahalanobis", "threshold": thresholds["mahalanobis"], "thresholds": thresholds}
+    card.open_world = {"score": "mahalanobis", "threshold": float(np.median(scores["mahalanobis"]))}
     write_card(card, uri)
 
 

@@ -92,7 +92,7 @@ def check_same_job(stats: dict, expected: dict, uri: str) -> None:
     stats = {"columns": [], **stats}
     settings = (
         ("model", "--model"), ("input", "--input"), ("rows_per_part", "--rows-per-file"),
-        ("columns", "the optional columns (--no-unknown, --embeddings)"),
+        ("columns", "optional columns (--no-unknown, --embeddings)"),
     )  # fmt: skip
     for name, option in settings:
         if stats.get(name) != expected[name]:

@@ -10,6 +10,9 @@ accuracy of the known photos kept as the threshold rises).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from animals10 import storage
@@ -30,7 +33,8 @@ def read_unknown_paths(card: ModelCard, uri: str) -> list[str]:
             f"--unknown '{uri}' holds no photos ({', '.join(storage.IMAGE_EXTENSIONS)}); give a folder of photos "
             "that show none of the classes."
         )
-    folders = {p[len(uri.rstrip("/")) + 1 :].split("/")[0] for p in paths if "/" in p[len(uri.rstrip("/")) + 1 :]}
+    relative = (_relative(p, uri) for p in paths)
+    folders = {r.split("/", 1)[0] for r in relative if "/" in r}
     known = sorted(name for name in folders if class_name_for_folder(name) in card.class_names)
     if known:
         raise DataError(
@@ -38,6 +42,13 @@ def read_unknown_paths(card: ModelCard, uri: str) -> list[str]:
             "that show none of them (score a labelled tree with --data)."
         )
     return paths
+
+
+def _relative(path: str, uri: str) -> str:
+    """`path` under `uri`, as a /-separated relative path (local paths in any spelling, or s3://)."""
+    if storage.is_s3(uri):
+        return path[len(uri.rstrip("/")) + 1 :]
+    return Path(os.path.relpath(path, uri)).as_posix()
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -71,12 +82,9 @@ def open_world_metrics(
     correct: np.ndarray,
     unknown_scores: dict | None = None,
     unknown_labels: np.ndarray | None = None,
-    threshold: float | None = None,
 ) -> dict:
     """The figures above; `unknown_*` None: only those of the known photos."""
-    entry = card.open_world
-    score = entry["score"]
-    threshold = entry["threshold"] if threshold is None else threshold
+    score, threshold = card.open_world["score"], card.open_world["threshold"]
     known = known_scores[score]
     metrics = {
         "score": score,

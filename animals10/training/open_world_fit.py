@@ -17,7 +17,6 @@ import numpy as np
 from animals10.open_world import (
     DEFAULT_SCORE,
     HISTOGRAM_EDGES,
-    SCORES,
     SHRINKAGE,
     TRUE_POSITIVE_RATE,
     FeatureStatistics,
@@ -36,7 +35,7 @@ FORWARD_BATCH = 64  # photos per forward pass
 
 class SumPhotos:
     """A Ray Data actor: a block of decoded photos -> one row of fixed-size sums. Without statistics,
-    the embedding sums (`feature_sums`); with them, one histogram of each unknown score."""
+    the embedding sums (`feature_sums`); with them, the histogram of the default unknown score."""
 
     def __init__(self, model_uri: str, statistics: FeatureStatistics | None = None):
         from animals10.predictor import Predictor
@@ -57,14 +56,14 @@ class SumPhotos:
                 sums = feature_sums(embeddings, labels[start : start + FORWARD_BATCH], self.num_classes)
                 total = sums if not len(total) else total + sums
             return {"sums": [total.tobytes()], "photos": [len(images)]}
-        histograms = np.zeros((len(SCORES), len(HISTOGRAM_EDGES) - 1))
+        histogram = np.zeros(len(HISTOGRAM_EDGES) - 1)
         for start in range(0, len(images), FORWARD_BATCH):
             prediction = self.predictor.predict(images[start : start + FORWARD_BATCH], embeddings=True)
             probabilities = torch.as_tensor(prediction.probabilities, device=self.predictor.device)
             embeddings = torch.as_tensor(prediction.embeddings, device=self.predictor.device)
             scores = unknown_scores(probabilities, embeddings, self.statistics)
-            histograms += np.stack([score_histogram(scores[name]) for name in SCORES])
-        return {"sums": [histograms.tobytes()], "photos": [len(images)]}
+            histogram += score_histogram(scores[DEFAULT_SCORE])
+        return {"sums": [histogram.tobytes()], "photos": [len(images)]}
 
 
 def _add_up(dataset, model_uri: str, statistics, pool: dict) -> tuple[np.ndarray, int]:
@@ -73,8 +72,16 @@ def _add_up(dataset, model_uri: str, statistics, pool: dict) -> tuple[np.ndarray
         SumPhotos, fn_constructor_kwargs={"model_uri": model_uri, "statistics": statistics}, batch_size=BLOCK_PHOTOS,
         **pool,
     )  # fmt: skip
+    return add_rows(rows.iter_rows())
+
+
+def add_rows(rows) -> tuple[np.ndarray | None, int]:
+    """`SumPhotos` rows -> their sums added up (None: no photo), and the photos counted. A block whose
+    photos all failed to decode adds nothing."""
     total, photos = None, 0
-    for row in rows.iter_rows():
+    for row in rows:
+        if not row["photos"]:
+            continue
         sums = np.frombuffer(row["sums"], dtype=np.float64)
         total = sums.copy() if total is None else total + sums
         photos += int(row["photos"])
@@ -92,13 +99,10 @@ def fit_open_world(model_uri: str, train, val, num_classes: int, workers: int, u
     sums, num_val = _add_up(val, model_uri, statistics, pool)
     if not num_val:
         raise ValueError("no validation photo could be decoded")
-    histograms = sums.reshape(len(SCORES), -1)
-    thresholds = {name: threshold_at(histograms[i], TRUE_POSITIVE_RATE) for i, name in enumerate(SCORES)}
     write_statistics(model_uri, statistics)
     return {
         "score": DEFAULT_SCORE,
-        "threshold": thresholds[DEFAULT_SCORE],
-        "thresholds": thresholds,  # every score's, for comparison (evaluate --unknown)
+        "threshold": threshold_at(sums, TRUE_POSITIVE_RATE),
         "true_positive_rate": TRUE_POSITIVE_RATE,
         "shrinkage": SHRINKAGE,
         "embedding_width": int(statistics.whitening.shape[0]),
