@@ -4,6 +4,7 @@
 <artifact>/model_card.json     architecture, class names in order, preprocessing, training
                                configuration, metrics, library versions, id
 <artifact>/history.json|csv    per-epoch metrics (written by training)
+<artifact>/open_world.safetensors   the open-world statistics (written by training; see open_world.py)
 """
 
 from __future__ import annotations

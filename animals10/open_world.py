@@ -162,18 +162,22 @@ def write_statistics(uri: str, statistics: FeatureStatistics) -> None:
     storage.write_bytes(storage.join(uri, STATISTICS_FILE), save(tensors))
 
 
-def read_open_world(uri: str, card_entry: dict, threshold: float | None = None) -> OpenWorld:
-    """The artifact's `OpenWorld`; `threshold` overrides the card's (checked against the score's range)."""
+def read_statistics(uri: str) -> FeatureStatistics:
+    """The statistics in the artifact at `uri`, or an `ArtifactError` saying what is wrong."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     try:
         tensors = load(storage.read_bytes(storage.join(uri, STATISTICS_FILE)))
-        statistics = FeatureStatistics(tensors["whitening"], tensors["class_means"])
+        return FeatureStatistics(tensors["whitening"], tensors["class_means"])
     except (FileNotFoundError, StorageError) as error:
         raise ArtifactError(f"'{uri}' has an open_world entry in its card but no {STATISTICS_FILE}.") from error
     except (SafetensorError, KeyError) as error:
         raise ArtifactError(f"The open-world statistics in '{uri}' are damaged ({error}).") from error
+
+
+def read_open_world(uri: str, card_entry: dict, threshold: float | None = None) -> OpenWorld:
+    """The artifact's `OpenWorld`; `threshold` overrides the card's (checked against the score's range)."""
     check_threshold(card_entry, threshold, uri)
     chosen = card_entry["threshold"] if threshold is None else threshold
-    return OpenWorld(statistics, card_entry["score"], float(chosen))
+    return OpenWorld(read_statistics(uri), card_entry["score"], float(chosen))

@@ -150,13 +150,15 @@ def _calibration(epoch: dict) -> dict:
 def _open_world(config: TrainConfig, model_name: str, uri: str, tree: LabelledTree, train_idx, val, use_gpu) -> dict:
     """The kept model's open-world statistics and thresholds (`fit_open_world`), or none, with a warning
     saying why (photos of that artifact are then never flagged unknown)."""
+    from ray.exceptions import RayError
+
     preprocessing = config.preprocessing(model_name)  # inference's: no augmentation
     train = _dataset(tree.records(train_idx), preprocessing)
     try:
         open_world = fit_open_world(
             uri, train, val, len(tree.class_names), config.num_workers, use_gpu, config.cpus_per_worker
         )
-    except ValueError as error:
+    except (ValueError, RayError) as error:  # too few photos, or a lost actor: the artifact stays as it is
         logger.warning("%s: no open-world statistics (%s); no photo will be flagged unknown.", model_name, error)
         return {}
     logger.info(

@@ -21,6 +21,7 @@ from animals10.open_world import (
     TRUE_POSITIVE_RATE,
     FeatureStatistics,
     feature_sums,
+    read_statistics,
     score_histogram,
     threshold_at,
     unknown_scores,
@@ -34,14 +35,15 @@ FORWARD_BATCH = 64  # photos per forward pass
 
 
 class SumPhotos:
-    """A Ray Data actor: a block of decoded photos -> one row of fixed-size sums. Without statistics,
-    the embedding sums (`feature_sums`); with them, the histogram of the default unknown score."""
+    """A Ray Data actor: a block of decoded photos -> one row of fixed-size sums. First (`scoring`
+    False) the embedding sums (`feature_sums`); then, with the statistics the artifact holds by then,
+    the histogram of the default unknown score, read from the artifact."""
 
-    def __init__(self, model_uri: str, statistics: FeatureStatistics | None = None):
+    def __init__(self, model_uri: str, scoring: bool = False):
         from animals10.predictor import Predictor
 
         self.predictor = Predictor(model_uri, unknown=False)
-        self.statistics = None if statistics is None else statistics.to(self.predictor.device)
+        self.statistics = read_statistics(model_uri).to(self.predictor.device) if scoring else None
         self.num_classes = len(self.predictor.class_names)
 
     def __call__(self, batch: dict) -> dict:
@@ -66,12 +68,11 @@ class SumPhotos:
         return {"sums": [histogram.tobytes()], "photos": [len(images)]}
 
 
-def _add_up(dataset, model_uri: str, statistics, pool: dict) -> tuple[np.ndarray, int]:
+def _add_up(dataset, model_uri: str, scoring: bool, pool: dict) -> tuple[np.ndarray, int]:
     """Runs `SumPhotos` over `dataset`; the rows' sums added up, and the photos counted."""
     rows = dataset.map_batches(
-        SumPhotos, fn_constructor_kwargs={"model_uri": model_uri, "statistics": statistics}, batch_size=BLOCK_PHOTOS,
-        **pool,
-    )  # fmt: skip
+        SumPhotos, fn_constructor_kwargs={"model_uri": model_uri, "scoring": scoring}, batch_size=BLOCK_PHOTOS, **pool
+    )
     return add_rows(rows.iter_rows())
 
 
@@ -91,15 +92,17 @@ def add_rows(rows) -> tuple[np.ndarray | None, int]:
 def fit_open_world(model_uri: str, train, val, num_classes: int, workers: int, use_gpu: bool, cpus: int) -> dict:
     """Fits the statistics on `train` and the thresholds on `val` (Ray datasets of decoded photos at the
     model's preprocessing); writes the statistics into the artifact; returns its `card.open_world`."""
-    pool = {"concurrency": (1, workers), "num_gpus": 1 if use_gpu else 0, "num_cpus": cpus}
-    sums, num_train = _add_up(train, model_uri, None, pool)
+    # No actor restarts: Ray 2.60 warns on the console about every restartable Ray Data actor (ray#57733),
+    # and a fit that loses an actor costs little: the artifact is already written, without an open world.
+    pool = {"concurrency": (1, workers), "num_gpus": 1 if use_gpu else 0, "num_cpus": cpus, "max_restarts": 0}
+    sums, num_train = _add_up(train, model_uri, False, pool)
     if not num_train:
         raise ValueError("no training photo could be decoded")
     statistics = FeatureStatistics.from_sums(sums, num_classes, SHRINKAGE)
-    sums, num_val = _add_up(val, model_uri, statistics, pool)
+    write_statistics(model_uri, statistics)  # the card names them only once the threshold is known too
+    sums, num_val = _add_up(val, model_uri, True, pool)
     if not num_val:
         raise ValueError("no validation photo could be decoded")
-    write_statistics(model_uri, statistics)
     return {
         "score": DEFAULT_SCORE,
         "threshold": threshold_at(sums, TRUE_POSITIVE_RATE),
