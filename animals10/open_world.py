@@ -8,11 +8,11 @@ Every score is an *unknown score*: higher means less like the photos the model w
                       multiple of the identity, as a small training set may hold fewer photos
                       than the embedding has dimensions
 
-The statistics (a whitening matrix and the whitened class means) come from sums over the training photos that
-workers add up (`feature_sums`): their size is fixed by the classes and the embedding width, never by
-the photos. The threshold is the score that `TRUE_POSITIVE_RATE` of the validation photos stay under,
-read off a histogram of fixed size. The artifact stores both: `open_world.safetensors` (statistics) and
-`ModelCard.open_world` (the score used, its threshold, the thresholds of the others).
+The statistics (a whitening matrix and the whitened class means) come from sums over the training
+photos that workers add up (`feature_sums`): their size is fixed by the classes and the embedding
+width, never by the photos. The threshold is the score that `TRUE_POSITIVE_RATE` of the validation
+photos stay under, read off a histogram of fixed size. The artifact stores both:
+`open_world.safetensors` (statistics) and `ModelCard.open_world` (the score used and its threshold).
 """
 
 from __future__ import annotations

@@ -35,9 +35,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from animals10.card import Preprocessing, read_card
-from animals10.errors import ArtifactError, SettingsError
-from animals10.open_world import check_threshold
+from animals10.card import Preprocessing
+from animals10.errors import SettingsError
 from animals10.predictor import Predictor
 from animals10.serve.batching import BatchMerger
 from animals10.serve.config import (
@@ -53,6 +52,7 @@ from animals10.serve.config import (
     ROUTER_QUEUE_FACTOR,
     SHED_HEADROOM,
     ModelConfig,
+    check_readable_threshold,
 )
 from animals10.serve.guards import Admission, ApiKey, read_api_key
 from animals10.serve.requests import RequestError, decode_photo, read_photos
@@ -326,13 +326,8 @@ def build_app(
     if max_ongoing_requests < 1 or max_queued_requests < 0:
         raise SettingsError("max_ongoing_requests must be at least 1 and max_queued_requests at least 0.")
     read_api_key(api_key_file, api_key_env)  # a bad key fails here, not in a replica
-    if model_uri and unknown and unknown_threshold is not None:  # a bad threshold too, where the card is readable
-        try:
-            card = read_card(model_uri)
-        except ArtifactError:  # e.g. a path only the cluster's nodes have: the replicas check it
-            card = None
-        if card is not None:
-            check_threshold(card.open_world, unknown_threshold, model_uri)
+    if model_uri and unknown:
+        check_readable_threshold(model_uri, unknown_threshold)  # a bad threshold too
     user_config = None
     if model_uri:
         user_config = ModelConfig(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from animals10.card import read_card
+from animals10.errors import ArtifactError
+from animals10.open_world import check_threshold
+
 APP_NAME = "animals10"
 DEPLOYMENT_NAME = "Classifier"
 DEFAULT_MAX_BATCH_SIZE = 16
@@ -73,3 +77,15 @@ class ModelConfig:
     def model_settings(self) -> tuple:
         """What the loaded Predictor depends on: a change reloads it."""
         return self.model_uri, self.tta, self.unknown, self.unknown_threshold
+
+
+def check_readable_threshold(model_uri: str, threshold: float | None) -> None:
+    """`open_world.check_threshold` where the card can be read here; a path only the cluster's nodes
+    have is left to the replicas, which check it when they load the model."""
+    if threshold is None:
+        return
+    try:
+        card = read_card(model_uri)
+    except ArtifactError:
+        return
+    check_threshold(card.open_world, threshold, model_uri)

@@ -1,6 +1,6 @@
 """Fitting the open world after training, with Ray Data: the kept model embeds the training photos,
-whose sums give the statistics; then it scores the validation photos, whose histograms give the
-thresholds (open_world.py says what these are).
+whose sums give the statistics; then it scores the validation photos, whose histogram gives the
+threshold (open_world.py says what these are).
 
 Both passes run in an actor pool of the training run's size (on GPUs where training ran on GPUs), the
 model loaded once per actor from the artifact, as batch inference does. Each block of photos comes back
@@ -11,20 +11,20 @@ photos.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
 from animals10.open_world import (
     DEFAULT_SCORE,
-    HISTOGRAM_EDGES,
     SHRINKAGE,
     TRUE_POSITIVE_RATE,
     FeatureStatistics,
+    OpenWorld,
     feature_sums,
     read_statistics,
     score_histogram,
     threshold_at,
-    unknown_scores,
     write_statistics,
 )
 
@@ -43,29 +43,25 @@ class SumPhotos:
         from animals10.predictor import Predictor
 
         self.predictor = Predictor(model_uri, unknown=False)
-        self.statistics = read_statistics(model_uri).to(self.predictor.device) if scoring else None
         self.num_classes = len(self.predictor.class_names)
+        self.scoring = scoring
+        if scoring:  # the Predictor scores as it does everywhere; no threshold yet, none is applied
+            statistics = read_statistics(model_uri).to(self.predictor.device)
+            self.predictor.open_world = OpenWorld(statistics, DEFAULT_SCORE, math.inf)
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
         good = np.asarray(batch["error"], dtype=object) == ""
         images, labels = batch["image"][good], np.asarray(batch["label"], dtype=np.int64)[good]
-        if self.statistics is None:
-            total = np.zeros(0)
-            for start in range(0, len(images), FORWARD_BATCH):
-                embeddings = self.predictor.predict(images[start : start + FORWARD_BATCH], embeddings=True).embeddings
-                sums = feature_sums(embeddings, labels[start : start + FORWARD_BATCH], self.num_classes)
-                total = sums if not len(total) else total + sums
-            return {"sums": [total.tobytes()], "photos": [len(images)]}
-        histogram = np.zeros(len(HISTOGRAM_EDGES) - 1)
+        sums = []
         for start in range(0, len(images), FORWARD_BATCH):
-            prediction = self.predictor.predict(images[start : start + FORWARD_BATCH], embeddings=True)
-            probabilities = torch.as_tensor(prediction.probabilities, device=self.predictor.device)
-            embeddings = torch.as_tensor(prediction.embeddings, device=self.predictor.device)
-            scores = unknown_scores(probabilities, embeddings, self.statistics)
-            histogram += score_histogram(scores[DEFAULT_SCORE])
-        return {"sums": [histogram.tobytes()], "photos": [len(images)]}
+            prediction = self.predictor.predict(images[start : start + FORWARD_BATCH], embeddings=not self.scoring)
+            if self.scoring:
+                sums.append(score_histogram(prediction.unknown_score))
+            else:
+                sums.append(
+                    feature_sums(prediction.embeddings, labels[start : start + FORWARD_BATCH], self.num_classes)
+                )
+        return {"sums": [np.sum(sums, axis=0).tobytes() if sums else b""], "photos": [len(images)]}
 
 
 def _add_up(dataset, model_uri: str, scoring: bool, pool: dict) -> tuple[np.ndarray, int]:
