@@ -577,6 +577,41 @@ def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_par
     assert again.processed_this_run == 0 and again.already_done == 24 and read_output(str(output)).num_rows == 24
 
 
+def test_a_resume_lists_only_the_folders_it_has_left_and_writes_only_the_missing_part(
+    ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch
+):
+    expected = put_photos(s3_bucket, [f"again/{c}/{i}.jpg" for c in ("cane", "gatto", "mucca") for i in range(6)])
+    output = tmp_path / "out"
+    config = BatchConfig(
+        untrained_artifact, f"s3://{s3_bucket}/again/", str(output), batch_size=4, rows_per_file=4, progress=False
+    )
+    classify_images(config)
+    parts = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in output.glob("part-*.parquet")}
+    assert len(parts) == 12  # 1, 1, 2 and 2 rows in each folder
+    lost = next(n for n in sorted(parts) if "/gatto/" in pq.read_table(output / n).column("path")[0].as_py())
+    lost_rows = pq.read_metadata(output / lost).num_rows
+    (output / lost).unlink()
+    # The resume finds the finished folders from its parts' names and lists only the one it has left.
+    gate = ListingGate(page_size=4, hold=lambda prefix, number: False)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    config.resume = True
+    try:
+        summary = classify_images(config)
+    finally:
+        proxy.close()
+    assert gate.requests and {prefix.split("/")[1] for prefix in gate.requests} == {"gatto"}
+    assert summary.processed_this_run == lost_rows and summary.parts_written == 1
+    assert summary.already_done == 18 - lost_rows and summary.parts == 12 and summary.complete
+    assert summary.per_class == read_summary(str(output))["per_class"] and sum(summary.per_class.values()) == 18
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in output.glob("part-*.parquet")}
+    assert set(after) == set(parts) and {n: after[n] for n in parts if n != lost} == {
+        n: v for n, v in parts.items() if n != lost
+    }
+    paths = read_output(str(output)).column("path").to_pylist()
+    assert sorted(paths) == expected and len(paths) == len(set(paths))
+
+
 def test_resuming_with_another_part_size_or_other_columns_is_one_sentence(
     ray_session, demo_tree, untrained_artifact, tmp_path
 ):

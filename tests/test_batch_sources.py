@@ -56,6 +56,8 @@ def test_a_tree_is_cut_into_shards_with_stable_ids_and_labels(tmp_path):
         labels[p] for p in expected if "/cane/" in p
     } == {"dog"}
     assert len({s.id for s in shards}) == len(shards)
+    marks = [[s.last for s in iter_shards(unit, 2)] for unit in plan.units]  # a resume skips finished units by it
+    assert all(m[-1] and not any(m[:-1]) for m in marks)
     assert [s.id for s in shards_of(plan_tree(str(tmp_path), ANIMALS10_CLASSES), rows_per_part=2)] == [
         s.id for s in shards
     ]

@@ -7,7 +7,8 @@ Nothing the driver holds grows with the number of photos: it plans from the top 
 (or the list of manifest files), checks one existing part when resuming, and keeps running totals of
 the counts that each shard sends back. Every input row ends in exactly one output row: a shard's part
 is written whole under the shard's own name, so a retried shard (a lost actor or node) rewrites the
-same part, and a resumed job (after a crash or a kill) skips the shards whose part exists.
+same part, and a resumed job (after a crash or a kill) skips the shards whose part exists, found by
+the parts' names (and skips, unlisted, the units that were finished).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class _Totals:
         self.rows += counts["rows"]
         self.duplicates += counts["duplicates"]
         self.unknown += counts["unknown"]
-        self.parts += 1
+        self.parts += counts["parts"]
         if counts["skipped"]:
             self.skipped_rows += counts["rows"]
         else:

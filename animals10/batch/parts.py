@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -89,22 +90,32 @@ def read_part_stats(uri: str) -> dict | None:
 
 def first_part(output_uri: str) -> str | None:
     """Any one part under `output_uri`, or None: one listing request, whatever the number of parts."""
+    shard = next(shards_with_parts(output_uri, ""), None)
+    return part_uri(output_uri, shard) if shard is not None else None
+
+
+def shards_with_parts(output_uri: str, shard_prefix: str) -> Iterator[str]:
+    """The ids of the shards starting with `shard_prefix` that have a part under `output_uri`, from
+    their names alone: one listing request per 1,000 parts on S3, one folder scan on disk."""
+    prefix = PART_PREFIX + shard_prefix
     if storage.is_s3(output_uri):
-        bucket, prefix = storage.split_s3(output_uri)
-        prefix = (prefix.rstrip("/") + "/" if prefix else "") + PART_PREFIX
+        bucket, key = storage.split_s3(output_uri)
+        kwargs = {"Bucket": bucket, "Prefix": (key.rstrip("/") + "/" if key else "") + prefix}
         try:
-            response = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            for page in storage.s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[-1]
+                    if name.endswith(PART_SUFFIX):
+                        yield name[len(PART_PREFIX) : -len(PART_SUFFIX)]
         except Exception as error:  # noqa: BLE001
             raise storage.explain(output_uri, error) from error
-        found = [obj["Key"] for obj in response.get("Contents", []) if obj["Key"].endswith(PART_SUFFIX)]
-        return f"s3://{bucket}/{found[0]}" if found else None
+        return
     try:
         with os.scandir(output_uri) as entries:
             for entry in entries:
-                if entry.name.startswith(PART_PREFIX) and entry.name.endswith(PART_SUFFIX):
-                    return entry.path
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+                if entry.name.startswith(prefix) and entry.name.endswith(PART_SUFFIX):
+                    yield entry.name[len(PART_PREFIX) : -len(PART_SUFFIX)]
+    except FileNotFoundError:
+        return
     except OSError as error:
         raise StorageError(f"Cannot read '{output_uri}': {error.strerror or error}.") from error
-    return None

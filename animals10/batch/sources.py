@@ -12,9 +12,10 @@ A unit's photos are cut, in their stable order, into shards of `rows_per_part` r
 smaller (an eighth, a quarter and a half of it: results start flowing early and every replica soon has
 work, as in a slow start); shard k of unit U has the id `<U.key>-<k>` and becomes the output part of
 that name. The same unchanged input and the same `rows_per_part` give the same shards, so a retried
-shard rewrites its own part and a resume skips the finished ones. Planning (the top level of the input,
-or the list of manifest files) is all that runs on the driver; a unit holds no more than one folder's
-names or one shard at a time.
+shard rewrites its own part and a resume skips the finished ones. A unit's final shard is marked
+`last`: a resume that finds every shard of a unit up to its last one done skips the unit unread.
+Planning (the top level of the input, or the list of manifest files) is all that runs on the driver;
+a unit holds no more than one folder's names or one shard at a time.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Shard:
     errors: list[str] = field(default_factory=list)
     true_labels: list[str] | None = None
     duplicates: int = 0
+    last: bool = False  # the unit's final shard
 
 
 @dataclass
@@ -189,13 +191,18 @@ def shard_rows(number: int, rows_per_part: int) -> int:
 
 
 def iter_shards(unit: Unit, rows_per_part: int) -> Iterator[Shard]:
-    """The unit's shards, in order, with their stable ids."""
+    """The unit's shards, in order, with their stable ids; the final one is marked `last` (a full
+    shard waits for the next row, or the end, before it is passed on)."""
     rows = manifest_rows(unit.manifest) if unit.manifest else _tree_paths(unit, min(S3_PAGE_SIZE, rows_per_part))
     seen: set[int] = set()  # 8-byte hashes of one manifest file's URIs: a URI listed twice is classified once
     number = 0
-    shard = Shard(f"{unit.key}-{number:06d}", true_labels=[] if unit.labels else None)
+    shard = Shard(shard_id(unit.key, number), true_labels=[] if unit.labels else None)
+    full: Shard | None = None
     taken = 0  # rows of the unit in this shard, duplicates included: shard boundaries do not depend on them
     for path, label_or_error in rows:
+        if full is not None:
+            yield full
+            full = None
         if unit.manifest is not None and not label_or_error:
             fingerprint = int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "little")
             if fingerprint in seen:
@@ -212,12 +219,24 @@ def iter_shards(unit: Unit, rows_per_part: int) -> Iterator[Shard]:
                     shard.true_labels.append(label_or_error)
         taken += 1
         if taken == shard_rows(number, rows_per_part):
-            yield shard
+            full = shard
             number += 1
-            shard = Shard(f"{unit.key}-{number:06d}", true_labels=[] if unit.labels else None)
+            shard = Shard(shard_id(unit.key, number), true_labels=[] if unit.labels else None)
             taken = 0
-    if taken:
-        yield shard
+    last = shard if taken else full  # a full shard is still held back here; a partial one never is
+    if last is not None:
+        last.last = True
+        yield last
+
+
+def shard_id(unit_key: str, number: int) -> str:
+    """The id of a unit's shard `number` (0, 1, ...), which names its part."""
+    return f"{unit_key}-{number:06d}"
+
+
+def shard_number(shard: str) -> int:
+    """The position of a shard in its unit, from its id."""
+    return int(shard.rsplit("-", 1)[1])
 
 
 def _tree_paths(unit: Unit, page_size: int) -> Iterator[tuple[str, str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -21,8 +22,15 @@ import numpy as np
 import pyarrow as pa
 
 from animals10 import storage
-from animals10.batch.parts import error_kind, part_uri, prediction_schema, read_part_stats, write_part
-from animals10.batch.sources import Shard, Unit, iter_shards
+from animals10.batch.parts import (
+    error_kind,
+    part_uri,
+    prediction_schema,
+    read_part_stats,
+    shards_with_parts,
+    write_part,
+)
+from animals10.batch.sources import Shard, Unit, iter_shards, shard_id, shard_number
 from animals10.card import Preprocessing
 from animals10.data import photo_error
 from animals10.errors import DataError
@@ -36,7 +44,8 @@ SHARD_FIELDS = [
     pa.field("errors", pa.list_(pa.string())),  # "" or "<kind>: <why>" per path
     pa.field("true_labels", pa.list_(pa.string())),  # null unless the input is a labelled tree
     pa.field("duplicates", pa.int64()),
-    pa.field("done", pa.string()),  # the counts of the part already written by an earlier run (JSON), or ""
+    pa.field("last", pa.bool_()),  # the unit's final shard
+    pa.field("done", pa.string()),  # the summed counts of parts written by an earlier run (JSON), or ""
 ]
 DECODED_FIELDS = [
     pa.field("pixels", pa.large_binary()),  # (n, S, S, 3) uint8, zeros for bad files and JPEGs left to the GPU
@@ -51,6 +60,7 @@ COUNT_FIELDS = [
     pa.field("failed_by_kind", pa.string()),  # JSON {kind: count}
     pa.field("per_class", pa.string()),  # JSON {label: count}
     pa.field("unknown", pa.int64()),  # photos flagged unknown
+    pa.field("parts", pa.int64()),  # parts these counts cover: 1, or a unit's parts from an earlier run
     pa.field("skipped", pa.bool_()),  # written by an earlier run
 ]
 
@@ -64,6 +74,7 @@ def _shard_table(shard: Shard, done: dict | None) -> pa.Table:
         "errors": [shard.errors],
         "true_labels": [shard.true_labels],
         "duplicates": [shard.duplicates],
+        "last": [shard.last],
         "done": [json.dumps(done) if done is not None else ""],
     }
     return pa.Table.from_pydict(row, schema=pa.schema(SHARD_FIELDS))
@@ -72,18 +83,60 @@ def _shard_table(shard: Shard, done: dict | None) -> pa.Table:
 def produce_shards(
     units: pa.Table, output_uri: str, rows_per_part: int, resume: bool, expected: dict, s3_endpoint: str | None = None
 ) -> Iterator[pa.Table]:
-    """Ray Data step 1 (a generator): each unit's shards as rows, as they are listed. When resuming,
-    a shard whose part exists is passed on as its counts only, after checking that the part was made
-    by the same model, input and rows per part (`expected`)."""
+    """Ray Data step 1 (a generator): each unit's shards as rows, as they are listed.
+
+    When resuming, a unit's finished shards are known from the names of its parts (one listing), and
+    the new shards go on at once. The finished ones follow at the end of the unit, as one row of their
+    summed counts, once each part is checked to be made by the same model, input, rows per part and
+    columns (`expected`). A unit whose every shard up to its last one is done is not listed again."""
     storage.set_s3_endpoint(s3_endpoint)
     for text in units.column("unit").to_pylist():
         unit = Unit.from_json(text)
-        for shard in iter_shards(unit, rows_per_part):
-            uri = part_uri(output_uri, shard.id)
-            done = read_part_stats(uri) if resume else None
-            if done is not None:
-                check_same_job(done, expected, uri)
-            yield _shard_table(shard, done)
+        done = {shard_number(s) for s in shards_with_parts(output_uri, unit.key + "-")} if resume else set()
+        if done and _unit_finished(output_uri, unit.key, done):
+            finished = sorted(done)
+        else:
+            finished = []
+            for shard in iter_shards(unit, rows_per_part):
+                number = shard_number(shard.id)
+                if number in done:
+                    finished.append(number)  # only shards of today's input: a stray old part is not counted
+                else:
+                    yield _shard_table(shard, None)
+        if finished:
+            parts = [part_uri(output_uri, shard_id(unit.key, n)) for n in finished]
+            yield _shard_table(Shard(unit.key), _finished_counts(parts, expected))
+
+
+def _unit_finished(output_uri: str, unit_key: str, done: set[int]) -> bool:
+    """Whether shards 0 to n of a unit all have parts and shard n was the unit's last."""
+    last = max(done)
+    if len(done) != last + 1:
+        return False
+    stats = read_part_stats(part_uri(output_uri, shard_id(unit_key, last)))
+    return bool(stats and stats.get("last"))
+
+
+FOOTER_READERS = 16  # parts whose counts are read at once when resuming (each is a request on S3)
+
+
+def _finished_counts(parts: list[str], expected: dict) -> dict:
+    """The summed counts of finished parts, each checked against `expected`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = {"parts": 0, "rows": 0, "classified": 0, "duplicates": 0, "unknown": 0}
+    failed, labels = Counter(), Counter()
+    with ThreadPoolExecutor(min(FOOTER_READERS, len(parts))) as pool:
+        for uri, stats in zip(parts, pool.map(read_part_stats, parts)):
+            if stats is None:
+                raise DataError(f"'{uri}' disappeared while the job resumed; run it again with --resume.")
+            check_same_job(stats, expected, uri)
+            total["parts"] += 1
+            for name in ("rows", "classified", "duplicates", "unknown"):
+                total[name] += stats.get(name, 0)
+            failed.update(stats["failed_by_kind"])
+            labels.update(stats["per_class"])
+    return {**total, "failed_by_kind": dict(failed), "per_class": dict(labels)}
 
 
 def check_same_job(stats: dict, expected: dict, uri: str) -> None:
@@ -195,9 +248,9 @@ class ClassifyShard:
         return pa.Table.from_pylist(counts, schema=pa.schema(COUNT_FIELDS))
 
     def classify(self, row: dict) -> dict:
-        uri = part_uri(self.output_uri, row["shard"])
         if row["done"]:
-            return _counts(row["shard"], uri, json.loads(row["done"]), skipped=True)
+            return _counts(row["shard"], "", json.loads(row["done"]), skipped=True)
+        started = time.perf_counter()
         paths, errors = row["paths"], list(row["errors"])
         size = self.predictor.image_size
         images = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(len(paths), size, size, 3)
@@ -230,7 +283,10 @@ class ClassifyShard:
             "failed_by_kind": dict(Counter(error_kind(e) for e in errors if e)),
             "per_class": dict(Counter(r["label"] for r in described)),
             "unknown": sum(r.get("unknown", False) for r in described),
+            "last": row["last"],
+            "classify_seconds": round(time.perf_counter() - started, 3),  # on the replica, writing not included
         }
+        uri = part_uri(self.output_uri, row["shard"])
         write_part(uri, table, stats)
         return _counts(row["shard"], uri, stats, skipped=False)
 
@@ -301,5 +357,6 @@ def _counts(shard: str, uri: str, stats: dict, skipped: bool) -> dict:
         "failed_by_kind": json.dumps(stats["failed_by_kind"]),
         "per_class": json.dumps(stats["per_class"]),
         "unknown": stats.get("unknown", 0),
+        "parts": stats.get("parts", 1),
         "skipped": skipped,
     }
