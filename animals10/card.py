@@ -8,10 +8,11 @@ read a model's classes and input size without loading the framework.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from animals10 import storage
-from animals10.errors import ArtifactError, StorageError
+from animals10.errors import ArtifactError, SettingsError, StorageError
 
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
@@ -129,3 +130,21 @@ def read_card(uri: str) -> ModelCard:
         return ModelCard.from_dict(json.loads(raw))
     except json.JSONDecodeError as error:
         raise ArtifactError(f"The model card in '{uri}' is not valid JSON ({error}).") from error
+
+
+def check_threshold(card_entry: dict, threshold: float | None, model_uri: str) -> None:
+    """A threshold the user gave (None: none) for a card's `open_world` entry: the artifact must have an
+    open world, and the number must be in its score's range; else a `SettingsError` saying which. Here,
+    not in open_world.py, so that the batch driver checks it without importing torch."""
+    if threshold is None:
+        return
+    if not card_entry:
+        raise SettingsError(
+            f"{model_uri} has no open-world statistics (an older artifact), so --unknown-threshold cannot apply; "
+            "retrain it, or leave the option out."
+        )
+    score = card_entry["score"]
+    upper = 1.0 if score == "max_probability" else math.inf
+    if not (math.isfinite(threshold) and 0 <= threshold <= upper):
+        bound = "between 0 and 1" if upper == 1 else "a finite number of at least 0"
+        raise SettingsError(f"--unknown-threshold {threshold} is outside the {score} score's range: give {bound}.")

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from animals10 import storage
-from animals10.errors import ArtifactError, SettingsError, StorageError
+from animals10.card import check_threshold
+from animals10.errors import ArtifactError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -119,23 +120,6 @@ def threshold_at(histogram: np.ndarray, true_positive_rate: float = TRUE_POSITIV
         raise ValueError("No validation photo was scored; the threshold cannot be chosen.")
     index = int(np.searchsorted(cumulative, true_positive_rate * cumulative[-1]))
     return float(HISTOGRAM_EDGES[index + 1])
-
-
-def check_threshold(card_entry: dict, threshold: float | None, model_uri: str) -> None:
-    """A threshold the user gave (None: none): the artifact must have an open world, and the number must
-    be in its score's range; else a `SettingsError` saying which."""
-    if threshold is None:
-        return
-    if not card_entry:
-        raise SettingsError(
-            f"{model_uri} has no open-world statistics (an older artifact), so --unknown-threshold cannot apply; "
-            "retrain it, or leave the option out."
-        )
-    score = card_entry["score"]
-    upper = 1.0 if score == "max_probability" else math.inf
-    if not (math.isfinite(threshold) and 0 <= threshold <= upper):
-        bound = "between 0 and 1" if upper == 1 else "a finite number of at least 0"
-        raise SettingsError(f"--unknown-threshold {threshold} is outside the {score} score's range: give {bound}.")
 
 
 @dataclass(frozen=True)

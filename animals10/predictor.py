@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from animals10.artifact import load_model
+from animals10.card import check_threshold
 from animals10.device import autocast, on_gpu
-from animals10.open_world import SCORES, OpenWorld, check_threshold, read_open_world, unknown_scores
+from animals10.open_world import SCORES, OpenWorld, read_open_world, unknown_scores
 from animals10.transforms import to_model_input
 
 logger = logging.getLogger(__name__)

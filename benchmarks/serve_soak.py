@@ -20,6 +20,7 @@ refused with 503 within 50 ms.
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -216,6 +217,9 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-ongoing-requests", type=int, default=None, help="default: the app's")
     parser.add_argument("--max-queued-requests", type=int, default=None, help="default: the app's")
+    parser.add_argument(
+        "--high-throughput", action="store_true", help="HAProxy ingress straight to the replica, as serve_load.py"
+    )
     parser.add_argument("--output", help="also write the results as JSON here")
     parser.add_argument("--load-url", help=argparse.SUPPRESS)
     parser.add_argument("--load-rate", type=float, help=argparse.SUPPRESS)
@@ -229,8 +233,11 @@ def main() -> int:
     import ray
     from ray import serve
 
+    from animals10.cli.serve import HIGH_THROUGHPUT_ENV
     from animals10.serve.app import build_app
 
+    if args.high_throughput:
+        os.environ.update(HIGH_THROUGHPUT_ENV)  # read when Ray starts; its controller and replicas inherit them
     given = {"max_ongoing_requests": args.max_ongoing_requests, "max_queued_requests": args.max_queued_requests}
     limits = {k: v for k, v in given.items() if v is not None}
     with tempfile.TemporaryDirectory() as tmp:

@@ -59,6 +59,19 @@ print(json.dumps(sorted(m for m in sys.modules if m == "ray" or m.startswith("ra
     assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
+def test_the_batch_driver_imports_without_torch():
+    """The batch job's driver plans, starts the pipeline and adds up counts: torch (about 470 MiB and
+    seconds of import) belongs in the replicas only, so the driver's memory stays small at any scale."""
+    code = """
+import json, sys
+import animals10.cli.infer, animals10.batch.job
+print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))))
+"""
+    done = _run(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
 def test_every_module_imports_on_its_own():
     """Each module of animals10 imported first, with no other module of the package loaded: a circular
     import fails here even where the package's usual import order hides it. One interpreter for all of

@@ -25,11 +25,10 @@ from animals10 import storage
 from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
 from animals10.batch.sources import Plan, plan_manifest, plan_tree
 from animals10.batch.steps import ClassifyShard, check_same_job, decode_shard, produce_shards
-from animals10.card import Preprocessing
+from animals10.card import Preprocessing, check_threshold
 from animals10.cluster import connect_ray
 from animals10.errors import Animals10Error, DataError
 from animals10.imaging import DEFAULT_MAX_PIXELS
-from animals10.open_world import check_threshold
 
 logger = logging.getLogger(__name__)
 

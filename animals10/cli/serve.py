@@ -8,10 +8,9 @@ import os
 import signal
 import time
 
-from animals10.card import read_card
+from animals10.card import check_threshold, read_card
 from animals10.cli.arguments import add_unknown_arguments
 from animals10.cluster import connect_ray
-from animals10.open_world import check_threshold
 from animals10.serve.app import build_app
 from animals10.serve.config import (
     APP_NAME,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from animals10.card import read_card
+from animals10.card import check_threshold, read_card
 from animals10.errors import ArtifactError
-from animals10.open_world import check_threshold
 
 APP_NAME = "animals10"
 DEPLOYMENT_NAME = "Classifier"
@@ -80,7 +79,7 @@ class ModelConfig:
 
 
 def check_readable_threshold(model_uri: str, threshold: float | None) -> None:
-    """`open_world.check_threshold` where the card can be read here; a path only the cluster's nodes
+    """`card.check_threshold` where the card can be read here; a path only the cluster's nodes
     have is left to the replicas, which check it when they load the model."""
     if threshold is None:
         return
