@@ -6,13 +6,13 @@ and augmentation happen on the device that runs the model, batched.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from animals10.card import UNIT_MEAN, UNIT_STD, Preprocessing
 from animals10.device import on_gpu
@@ -140,12 +140,18 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-_TRIVIAL_AUGMENT = v2.TrivialAugmentWide()
+@functools.cache
+def _trivial_augment_wide():
+    # torchvision is imported here, for training only: importing it costs an inference replica seconds
+    from torchvision.transforms import v2
+
+    return v2.TrivialAugmentWide()
 
 
 def trivial_augment(images: torch.Tensor) -> torch.Tensor:
     """TrivialAugment on (B, 3, H, W) uint8: each photo gets its own random operation and strength."""
-    return torch.stack([_TRIVIAL_AUGMENT(image) for image in images])
+    transform = _trivial_augment_wide()
+    return torch.stack([transform(image) for image in images])
 
 
 def mix_batch(
