@@ -16,7 +16,7 @@ from PIL import Image
 
 from animals10 import storage
 from animals10.batch.job import BatchConfig, classify_images
-from animals10.batch.parts import PART_PREFIX, PART_SUFFIX, SUMMARY_FILE, prediction_schema
+from animals10.batch.parts import PART_PREFIX, PART_SUFFIX, SUMMARY_FILE, prediction_schema, read_part_stats
 from animals10.batch.sources import Shard
 from animals10.batch.steps import ClassifyShard, _shard_table, decode_shard
 from animals10.card import Preprocessing
@@ -81,6 +81,9 @@ def test_folder_gives_one_row_per_photo_in_the_documented_schema(demo_output, de
     assert names[0] == SUMMARY_FILE and len(names) == 1 + 20
     assert all(n.startswith(PART_PREFIX) and n.endswith(".parquet") for n in names[1:])
     assert summary.parts_written == summary.parts == 20
+    for name in names[1:]:  # each part says when its replica began it and for how long it classified
+        stats = read_part_stats(str(Path(output) / name))
+        assert stats["started_at"] <= (Path(output) / name).stat().st_mtime and stats["classify_seconds"] >= 0
     assert summary.complete and summary.files_seen == table.num_rows == 120
     assert read_summary(output)["classified"] == 120
     assert sum(read_summary(output)["per_class"].values()) == 120

@@ -250,7 +250,7 @@ class ClassifyShard:
     def classify(self, row: dict) -> dict:
         if row["done"]:
             return _counts(row["shard"], "", json.loads(row["done"]), skipped=True)
-        started = time.perf_counter()
+        started_at, started = time.time(), time.perf_counter()
         paths, errors = row["paths"], list(row["errors"])
         size = self.predictor.image_size
         images = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(len(paths), size, size, 3)
@@ -284,6 +284,7 @@ class ClassifyShard:
             "per_class": dict(Counter(r["label"] for r in described)),
             "unknown": sum(r.get("unknown", False) for r in described),
             "last": row["last"],
+            "started_at": round(started_at, 3),  # Unix seconds, when the replica began the shard
             "classify_seconds": round(time.perf_counter() - started, 3),  # on the replica, writing not included
         }
         uri = part_uri(self.output_uri, row["shard"])
