@@ -3,18 +3,20 @@ images/s and the start of a resume, for trees of 10,000 to 1,000,000 photos, nex
 `read_images -> map_batches -> write_parquet` on the same inputs, in one run, on this machine.
 
     .venv/bin/python benchmarks/batch_scale.py [--sizes 10000 100000 1000000] [--s3-keys 50000] \
-        [--max-half-way 50000] [--window-parts 8] [--anchor-limit 100000] [--json FILE]
+        [--max-half-way 50000] [--window-rows 6000] [--anchor-limit 100000] [--json FILE]
 
 The trees are made of symbolic links to the smallest real photos of `bench-images`, in 10 class
 folders as Animals-10 is laid out; the S3 input is that many keys on a loopback S3 server (moto).
 The model is the from-scratch CNN at 64 px with random weights: cheap, so that what grows with the
 input (listing, the driver) shows instead of inference. Each measurement runs in its own driver
-process joined to one shared local Ray, so that its `VmHWM` (peak resident memory) is its own. A run
-stops (its driver killed) once `--window-parts` parts have followed its first one: the steady rate
-is the photos of those parts over their time. The resume run is killed when half the photos are
-done (or, on trees larger than `--max-half-way`, at that many photos) and started again with
-`--resume`; its figures are the times until its replica begins its first new shard (the part's
-time less the `classify_seconds` in its metadata) and until that part is written.
+process joined to one shared local Ray, so that its `VmHWM` (peak resident memory) is its own. Times
+run from the launch of that process (Python and `ray.init` included) to when a part exists in
+storage (its modification time). A run stops (its driver killed) once `--window-rows` photos have
+followed its first part: the steady rate is those photos over their time, the same window at every
+size. The resume run is killed when half the photos are done (or, on trees larger than
+`--max-half-way`, at that many photos) and started again with `--resume`; its figures are the times
+until its first replica begins its first new shard (`started_at` in the part's metadata) and until
+that part is written.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "benc
 CLASSES = ["cane", "cavallo", "elefante", "farfalla", "gallina", "gatto", "mucca", "pecora", "ragno", "scoiattolo"]
 
 
+def written_at(uri: str, stats: dict) -> float:
+    """When a part came to exist, in Unix seconds: its modification time on disk. The loopback S3
+    server keeps whole seconds only, so there the time its replica finished it (the PUT follows)."""
+    if uri.startswith("s3://"):
+        return stats["started_at"] + stats["classify_seconds"]
+    return os.stat(uri).st_mtime
+
+
 def peak_memory_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -53,22 +63,28 @@ def child(args: argparse.Namespace) -> None:
 
     ray.init(address=os.environ["RAY_ADDRESS"], configure_logging=False, log_to_driver=False)
     result_file = Path(args.result)
-    started = time.perf_counter()
-    parts: list[tuple[float, int, float]] = []  # (seconds since start, rows, replica seconds) of each new part
+    # (seconds from launch until the part was written, rows, seconds from launch until its replica began it)
+    parts: list[tuple[float, int, float | None]] = []
+
+    def window_full() -> bool:
+        return sum(p[1] for p in parts[1:]) >= args.window_rows
 
     def finish(kill: bool) -> None:
-        rates = parts[1 : args.window_parts + 1]
-        steady = (
-            sum(p[1] for p in rates) / (rates[-1][0] - parts[0][0])
-            if len(rates) >= 1 and rates[-1][0] > parts[0][0]
-            else None
-        )
+        parts.sort()
+        window, rows = [], 0
+        for part in parts[1:]:
+            if rows >= args.window_rows:
+                break
+            window.append(part)
+            rows += part[1]
+        steady = rows / (window[-1][0] - parts[0][0]) if window and window[-1][0] > parts[0][0] else None
+        began = [p[2] for p in parts if p[2] is not None]
         result = {
             "first_part_s": parts[0][0] if parts else None,
-            # when the replica began its first new shard: the part's time less the replica's time on it
-            "first_classifying_s": parts[0][0] - parts[0][2] if parts and parts[0][2] is not None else None,
+            "first_classifying_s": min(began) if began else None,
             "first_part_rows": parts[0][1] if parts else None,
             "steady_ips": steady,
+            "steady_window_rows": rows,
             "peak_mib": peak_memory_mib(),
             "parts": [p[:2] for p in parts],
         }
@@ -85,11 +101,11 @@ def child(args: argparse.Namespace) -> None:
         def on_part(uri: str) -> None:
             stats = read_part_stats(uri)
             rows = stats["rows"]
-            parts.append((time.perf_counter() - started, rows, stats.get("classify_seconds")))
+            parts.append((written_at(uri, stats) - args.launched_at, rows, stats["started_at"] - args.launched_at))
             done[0] += rows
             if args.stop_after_rows and done[0] >= args.stop_after_rows:
                 finish(kill=True)
-            if not args.stop_after_rows and len(parts) > args.window_parts:
+            if not args.stop_after_rows and window_full():
                 finish(kill=True)
 
         config = BatchConfig(
@@ -129,8 +145,9 @@ def child(args: argparse.Namespace) -> None:
             for path in Path(args.output).glob("*.parquet"):
                 if path.name not in seen:
                     seen.add(path.name)
-                    parts.append((time.perf_counter() - started, pq.read_metadata(path).num_rows, None))
-            if len(parts) > args.window_parts:
+                    rows = pq.read_metadata(path).num_rows
+                    parts.append((path.stat().st_mtime - args.launched_at, rows, None))
+            if window_full():
                 finish(kill=True)
             time.sleep(0.2)
 
@@ -171,7 +188,8 @@ def measure(
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result = f.name
     argv = [sys.executable, __file__, "--child", mode, "--input", input_uri, "--output", output, "--model", model]
-    argv += ["--result", result, "--window-parts", str(window), "--stop-after-rows", str(stop_after_rows)]
+    argv += ["--result", result, "--window-rows", str(window), "--stop-after-rows", str(stop_after_rows)]
+    argv += ["--launched-at", repr(time.time())]
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=3600)
     if not Path(result).stat().st_size:
         print(done.stderr.decode()[-3000:], file=sys.stderr)
@@ -205,7 +223,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--s3-keys", type=int, default=50_000, help="keys on the loopback S3 server (0: none)")
     parser.add_argument(
-        "--window-parts", type=int, default=8, help="parts after the first that the steady rate is measured over"
+        "--window-rows", type=int, default=6000, help="photos after the first part the steady rate is measured over"
     )
     parser.add_argument(
         "--max-half-way", type=int, default=50_000, help="the resume run is killed after at most this many photos"
@@ -219,6 +237,7 @@ def main() -> int:
     for name in ("--input", "--output", "--model", "--result"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--stop-after-rows", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--launched-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -279,13 +298,13 @@ def main() -> int:
                 )
 
             run = {"input": name, "size": size}
-            run["ours"] = measure("ours", input_uri, out("ours"), model, env, args.window_parts)
+            run["ours"] = measure("ours", input_uri, out("ours"), model, env, args.window_rows)
             half = min(size // 2, args.max_half_way)
             run["killed_after"] = half
-            measure("ours", input_uri, out("resume"), model, env, args.window_parts, stop_after_rows=half)
+            measure("ours", input_uri, out("resume"), model, env, args.window_rows, stop_after_rows=half)
             run["resume"] = measure("ours-resume", input_uri, out("resume"), model, env, 0)
             if size <= args.anchor_limit:
-                run["ray_read_images"] = measure("ray", input_uri, out("ray"), model, env, args.window_parts)
+                run["ray_read_images"] = measure("ray", input_uri, out("ray"), model, env, args.window_rows)
             else:
                 run["ray_read_images"] = {"first_part_s": None, "skipped": f"over --anchor-limit {args.anchor_limit}"}
             results["runs"].append(run)
