@@ -331,7 +331,7 @@ def print_table(results: dict) -> None:
             r = runs[0][key] if key == "ray_read_images" else base
             f = run[key]
             if f.get("first_part_s") is None:
-                print(f"| {run['input']} | {label} | no part | | | | | | |")
+                print(f"| {run['input']} | {label} | {f.get('skipped', 'no part')} | | | | | | |")
                 continue
             resume = (
                 f"{run['resume']['first_classifying_s']:.1f} s / {run['resume']['first_part_s']:.1f} s "

@@ -33,7 +33,7 @@ from animals10.imaging import DEFAULT_MAX_PIXELS
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("cpu", "gpu", "mixed")
-LISTING_TASK_CPUS = 0  # listing waits on storage: it reserves no CPU, so decoding starts beside the first replicas
+LISTING_TASK_CPUS = 0.1  # listing waits on storage; it must not take CPUs from decoding
 
 
 def listing_tasks(num_units: int) -> int:
