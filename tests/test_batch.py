@@ -433,7 +433,7 @@ def test_unreachable_s3_is_one_sentence(capsys, untrained_artifact, tmp_path, mo
 # --- Streaming: classification starts while listing goes on -----------------------------------
 
 
-class ListingGate:
+class HeldListing:
     """Holds back the job's S3 listing requests (its small pages, not the driver's planning pages of
     1,000) while `hold(prefix, request_number)` says so, for at most a minute; `timed_out` records
     whether it ever had to give up waiting."""
@@ -480,8 +480,8 @@ def test_the_first_part_is_written_before_the_listing_has_finished(
     output = tmp_path / "out"
     # Every listing page after the first waits until a part exists: a job that lists everything
     # before it classifies would wait here until the gate gives up.
-    gate = ListingGate(page_size=4, hold=lambda prefix, number: number > 1 and not list(output.glob("part-*.parquet")))
-    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    held = HeldListing(page_size=4, hold=lambda prefix, number: number > 1 and not list(output.glob("part-*.parquet")))
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     try:
         summary = classify_images(
@@ -496,9 +496,39 @@ def test_the_first_part_is_written_before_the_listing_has_finished(
         )
     finally:
         proxy.close()
-    assert not gate.timed_out and len(gate.requests) >= 3
+    assert not held.timed_out and len(held.requests) >= 3
     assert sorted(read_output(str(output)).column("path").to_pylist()) == expected
     assert summary.files_seen == 12 and summary.parts == 5  # 1, 1, 2, 4, 4 rows
+
+
+def test_the_listing_stays_a_few_shards_ahead_of_the_written_parts(
+    ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch
+):
+    expected = put_photos(s3_bucket, [f"many/{i:02d}.jpg" for i in range(40)])
+    output = tmp_path / "out"
+    parts_at_request: list[int] = []  # parts written when the job sent each listing request (pages of 4)
+
+    def record(prefix: str, number: int) -> bool:
+        if len(parts_at_request) < number:
+            parts_at_request.append(len(list(output.glob("part-*.parquet"))))
+        return False  # never holds
+
+    held = HeldListing(page_size=4, hold=record)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setattr("animals10.batch.job.shards_listed_ahead", lambda: 2)
+    try:
+        summary = classify_images(
+            BatchConfig(untrained_artifact, f"s3://{s3_bucket}/many/", str(output), rows_per_file=4, progress=False)
+        )
+    finally:
+        proxy.close()
+    # Request k (from 1) comes after 4(k-1) photos, k+1 whole shards (1, 1, 2, then 4 photos each) of
+    # which at most 2 are unfinished and one is held back for its successor: k-2 parts exist. A job
+    # that lists ahead unchecked sends all ten while its replica is still starting.
+    assert len(parts_at_request) >= 10
+    assert all(parts >= k - 2 for k, parts in enumerate(parts_at_request, start=1)), parts_at_request
+    assert sorted(read_output(str(output)).column("path").to_pylist()) == expected and summary.parts == 12
 
 
 def test_sub_prefixes_are_listed_in_parallel(ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch):
@@ -507,8 +537,8 @@ def test_sub_prefixes_are_listed_in_parallel(ray_session, untrained_artifact, s3
     )
     # Each folder's first listing request waits until the other folder's listing has begun too:
     # listed one after the other, the first would wait until the gate gives up.
-    gate = ListingGate(page_size=3, hold=lambda prefix, number: len(set(gate.requests)) < 2)
-    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    held = HeldListing(page_size=3, hold=lambda prefix, number: len(set(held.requests)) < 2)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     try:
         summary = classify_images(
@@ -518,7 +548,7 @@ def test_sub_prefixes_are_listed_in_parallel(ray_session, untrained_artifact, s3
         )
     finally:
         proxy.close()
-    assert not gate.timed_out and {p.rsplit("/", 2)[-2] for p in gate.requests} == {"2026-11-30", "2026-12-01"}
+    assert not held.timed_out and {p.rsplit("/", 2)[-2] for p in held.requests} == {"2026-11-30", "2026-12-01"}
     assert sorted(read_output(str(tmp_path / "out")).column("path").to_pylist()) == expected
     assert "true_label" not in read_output(str(tmp_path / "out")).column_names and summary.parts == 6
 
@@ -537,8 +567,8 @@ def test_a_job_killed_midway_and_resumed_has_one_row_per_photo_and_keeps_its_par
     output = tmp_path / "out"
     # Listing stops after two pages of four until the job has been killed: the kill lands midway.
     killed = []
-    gate = ListingGate(page_size=4, hold=lambda prefix, number: number > 2 and not killed)
-    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    held = HeldListing(page_size=4, hold=lambda prefix, number: number > 2 and not killed)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
     argv = [sys.executable, "-m", "animals10.cli", "infer", "--model", untrained_artifact, "--input", f"s3://{s3_bucket}/photos/",
             "--output", str(output), "--rows-per-file", "4", "--batch-size", "4", "--no-progress"]  # fmt: skip
     env = {
@@ -595,15 +625,15 @@ def test_a_resume_lists_only_the_folders_it_has_left_and_writes_only_the_missing
     lost_rows = pq.read_metadata(output / lost).num_rows
     (output / lost).unlink()
     # The resume finds the finished folders from its parts' names and lists only the one it has left.
-    gate = ListingGate(page_size=4, hold=lambda prefix, number: False)
-    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=gate)
+    held = HeldListing(page_size=4, hold=lambda prefix, number: False)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     config.resume = True
     try:
         summary = classify_images(config)
     finally:
         proxy.close()
-    assert gate.requests and {prefix.split("/")[1] for prefix in gate.requests} == {"gatto"}
+    assert held.requests and {prefix.split("/")[1] for prefix in held.requests} == {"gatto"}
     assert summary.processed_this_run == lost_rows and summary.parts_written == 1
     assert summary.already_done == 18 - lost_rows and summary.parts == 12 and summary.complete
     assert summary.per_class == read_summary(str(output))["per_class"] and sum(summary.per_class.values()) == 18

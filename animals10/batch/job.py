@@ -2,6 +2,7 @@
 
     plan (top level only)  ->  produce_shards  ->  decode_shard  ->  ClassifyShard  ->  counts per shard
                                (listing tasks)     (CPU tasks)       (actor pool: writes the parts)
+                                     ^ ListingGate (an actor): admits a new shard while few are unfinished
 
 Nothing the driver holds grows with the number of photos: it plans from the top level of the input
 (or the list of manifest files), checks one existing part when resuming, and keeps running totals of
@@ -14,6 +15,7 @@ the parts' names (and skips, unlisted, the units that were finished).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from animals10 import storage
+from animals10.batch.pacing import ListingGate
 from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
 from animals10.batch.sources import Plan, plan_manifest, plan_tree
 from animals10.batch.steps import ClassifyShard, check_same_job, decode_shard, produce_shards
@@ -33,7 +36,7 @@ from animals10.imaging import DEFAULT_MAX_PIXELS
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("cpu", "gpu", "mixed")
-LISTING_TASK_CPUS = 0.1  # listing waits on storage; it must not take CPUs from decoding
+LISTING_TASK_CPUS = 0  # paced by the ListingGate, listing takes little CPU; a reserved share kept decoders waiting
 
 
 def listing_tasks(num_units: int) -> int:
@@ -42,6 +45,20 @@ def listing_tasks(num_units: int) -> int:
     import ray
 
     return max(1, min(num_units, max(2, int(ray.cluster_resources().get("CPU", 1) // 4))))
+
+
+def shards_listed_ahead() -> int:
+    """Shards that may be listed and not yet finished: four per CPU of the cluster (8 at least), enough
+    to keep every decode task and replica fed, and a bound that does not grow with the input."""
+    import ray
+
+    return max(8, 4 * int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _wait_for_gate(gate, shard: str) -> None:
+    import ray
+
+    ray.get(gate.admit.remote(shard))
 
 
 @dataclass
@@ -238,6 +255,13 @@ def _run_pipeline(
     # Every row is a whole shard: one row a block, so that each listed shard moves on at once
     # instead of waiting in a listing task's output buffer for more.
     context.target_max_block_size, context.enable_progress_bars = 1, False
+    # On the driver's node, so that losing another node never loses it; restarted, it only forgets.
+    # It ends, its last calls done, when the job drops its handle.
+    gate = (
+        ray.remote(ListingGate)
+        .options(num_cpus=0, max_restarts=-1, max_task_retries=-1, scheduling_strategy=_this_node())
+        .remote(shards_listed_ahead())
+    )
     try:
         ds = ray.data.from_items([{"unit": u.to_json()} for u in plan.units], override_num_blocks=len(plan.units))
         ds = ds.map_batches(
@@ -252,6 +276,7 @@ def _run_pipeline(
                 "rows_per_part": config.rows_per_file,
                 "resume": config.resume,
                 "expected": job,
+                "admit": functools.partial(_wait_for_gate, gate),
                 "s3_endpoint": endpoint,
             },
         )
@@ -299,20 +324,30 @@ def _run_pipeline(
                 "s3_endpoint": endpoint,
             },
         )
-        _collect(ds, config, totals, summary, started, on_part_written, tqdm)
+        _collect(ds, config, totals, summary, started, on_part_written, tqdm, gate)
     finally:
         context.target_max_block_size, context.enable_progress_bars = saved
 
 
+def _this_node():
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def _collect(
-    ds, config: BatchConfig, totals: _Totals, summary: JobSummary, started: float, on_part_written, tqdm
+    ds, config: BatchConfig, totals: _Totals, summary: JobSummary, started: float, on_part_written, tqdm, gate
 ) -> None:
-    """Adds up the counts as shards report them; one progress bar, in photos."""
+    """Adds up the counts as shards report them, and lets the gate admit as many new shards; one
+    progress bar, in photos."""
     first_part_at, first_rows = None, 0
     bar = tqdm(unit="img", desc="classifying", disable=not config.progress, mininterval=1.0)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for counts in batch.to_pylist():
+            batch_counts = batch.to_pylist()
+            gate.finish.remote([counts["shard"] for counts in batch_counts if not counts["skipped"]])
+            for counts in batch_counts:
                 totals.add(counts)
                 if counts["skipped"]:
                     continue

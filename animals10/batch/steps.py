@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -81,9 +81,16 @@ def _shard_table(shard: Shard, done: dict | None) -> pa.Table:
 
 
 def produce_shards(
-    units: pa.Table, output_uri: str, rows_per_part: int, resume: bool, expected: dict, s3_endpoint: str | None = None
+    units: pa.Table,
+    output_uri: str,
+    rows_per_part: int,
+    resume: bool,
+    expected: dict,
+    admit: Callable[[str], None] | None = None,
+    s3_endpoint: str | None = None,
 ) -> Iterator[pa.Table]:
-    """Ray Data step 1 (a generator): each unit's shards as rows, as they are listed.
+    """Ray Data step 1 (a generator): each unit's shards as rows, as they are listed; `admit(shard_id)`
+    returns once a new shard may go on (the job's `ListingGate`: how far listing runs ahead).
 
     When resuming, a unit's finished shards are known from the names of its parts (one listing), and
     the new shards go on at once. The finished ones follow at the end of the unit, as one row of their
@@ -102,6 +109,8 @@ def produce_shards(
                 if number in done:
                     finished.append(number)  # only shards of today's input: a stray old part is not counted
                 else:
+                    if admit is not None:
+                        admit(shard.id)
                     yield _shard_table(shard, None)
         if finished:
             parts = [part_uri(output_uri, shard_id(unit.key, n)) for n in finished]
