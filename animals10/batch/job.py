@@ -346,7 +346,9 @@ def _collect(
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             batch_counts = batch.to_pylist()
-            gate.finish.remote([counts["shard"] for counts in batch_counts if not counts["skipped"]])
+            new_shards = [counts["shard"] for counts in batch_counts if not counts["skipped"]]
+            if new_shards:
+                gate.finish.remote(new_shards)
             for counts in batch_counts:
                 totals.add(counts)
                 if counts["skipped"]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 
+from animals10.batch.sources import shard_number
+
 
 class ListingGate:
     """Admits shards (by id) while fewer than `limit` admitted ones are unfinished."""
@@ -32,19 +34,15 @@ class ListingGate:
             self._changed = asyncio.Condition()
         return self._changed
 
-    def _seen(self, shard: str) -> bool:
-        unit, number = shard.rsplit("-", 1)
-        return int(number) <= self.highest.get(unit, -1)
-
     async def admit(self, shard: str) -> None:
         """Returns once `shard` may go on into the pipeline."""
-        if self._seen(shard):
+        unit, number = shard.rsplit("-", 1)[0], shard_number(shard)
+        if number <= self.highest.get(unit, -1):
             return
         changed = self._condition()
         async with changed:
             await changed.wait_for(lambda: len(self.open) < self.limit)
-            unit, number = shard.rsplit("-", 1)
-            self.highest[unit] = int(number)
+            self.highest[unit] = number
             self.open.add(shard)
 
     async def finish(self, shards: list[str]) -> None:
