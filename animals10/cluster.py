@@ -11,6 +11,7 @@ import logging
 import os
 
 logger = logging.getLogger(__name__)
+NOTICES = logging.getLogger("ray.notices")  # the lines Ray pushes to drivers; see _log_ray_notices
 
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default, on each node
 # Forwarded to every worker: an S3-compatible endpoint set on the driver must reach the tasks that read.
@@ -29,6 +30,19 @@ def _keep_ray_off_the_console() -> None:
             handler.setLevel(logging.ERROR)
 
 
+def _log_ray_notices() -> None:
+    """Ray prints what its raylets push to every driver (a node that has started many worker processes,
+    a worker that died) straight to stdout, whatever `log_to_driver` says (ray-project/ray#63800). Here
+    those lines go to the `ray.notices` logger instead, which shows errors only, as the `ray` logger."""
+    import ray._private.worker as ray_worker
+
+    def log_notice(data: dict, ignore_prefix: bool = False) -> None:
+        for line in data["lines"]:
+            NOTICES.warning("(%s) %s", data.get("pid"), line)
+
+    ray_worker.print_to_stdstream = log_notice  # the module function its error listener calls
+
+
 def connect_ray(min_cpus: int = 1, *, new_local: bool = False) -> None:
     """Joins the cluster in RAY_ADDRESS (as `ray job submit` sets it) or, unless `new_local`, one started
     with `ray start` on this machine; else starts a local Ray with at least `min_cpus` logical CPUs
@@ -41,6 +55,7 @@ def connect_ray(min_cpus: int = 1, *, new_local: bool = False) -> None:
     show_ray_output = logging.getLogger("animals10").isEnabledFor(logging.DEBUG)
     if not show_ray_output:
         _keep_ray_off_the_console()
+        _log_ray_notices()
         logger.info("Ray's own logs go to %s (`animals10 -v` shows them here).", RAY_LOGS)
     env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     options = {

@@ -10,7 +10,9 @@ from pathlib import Path
 from animals10.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# Ray's own lines, and "Warning: " for a Python warning a library prints (say, a RayDeprecationWarning).
 RAY_LINES = ("streaming_executor", "core_worker", "Reporting training result", "TrainingReport", "raylet", "pid=")
+RAY_LINES += ("Warning: ",)
 
 
 def test_demo_trains_both_models_writes_the_report_and_says_what_to_try_next(ray_session, tmp_path, capsys):
@@ -36,3 +38,30 @@ def test_demo_trains_both_models_writes_the_report_and_says_what_to_try_next(ray
     # The first step, as printed, classifies the demo photos into Parquet.
     assert main(infer[1:] + ["--no-progress"]) == 0
     assert "Photos: 50" in capsys.readouterr().out
+
+
+NOTICE_DRIVER = """
+import logging, threading
+from ray._private import utils, worker
+from animals10.cluster import connect_ray
+
+connect_ray()
+delivered = threading.Event()
+notices = logging.getLogger("ray.notices")
+notices.setLevel(logging.INFO)
+notices.addHandler(type("Seen", (logging.Handler,), {"emit": lambda self, record: delivered.set()})())
+utils.push_error_to_driver(worker.global_worker, "worker_pool_large", "NODE NOTICE: many workers started")
+print("delivered" if delivered.wait(120) else "never delivered")
+"""
+
+
+def test_notices_ray_pushes_to_every_driver_stay_off_the_console(ray_session):
+    """Ray prints a raylet's warnings (say, a node that started many worker processes) on every driver's
+    stdout whatever log_to_driver says; the commands keep them off a person's console unless `-v`."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    done = subprocess.run(
+        [sys.executable, "-c", NOTICE_DRIVER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "delivered"
+    assert "NODE NOTICE" not in done.stdout + done.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import numpy as np
 
@@ -66,9 +67,16 @@ class SumPhotos:
 
 def _add_up(dataset, model_uri: str, scoring: bool, pool: dict) -> tuple[np.ndarray, int]:
     """Runs `SumPhotos` over `dataset`; the rows' sums added up, and the photos counted."""
-    rows = dataset.map_batches(
-        SumPhotos, fn_constructor_kwargs={"model_uri": model_uri, "scoring": scoring}, batch_size=BLOCK_PHOTOS, **pool
-    )
+    with warnings.catch_warnings():
+        # `max_restarts` has no named parameter in Ray 2.60: Ray Data's own way (`map_batches(...,
+        # max_restarts=0)`) goes through `**ray_remote_args`, which warns as deprecated on the console.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        rows = dataset.map_batches(
+            SumPhotos,
+            fn_constructor_kwargs={"model_uri": model_uri, "scoring": scoring},
+            batch_size=BLOCK_PHOTOS,
+            **pool,
+        )
     return add_rows(rows.iter_rows())
 
 
