@@ -11,8 +11,15 @@ from animals10.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray's own lines, and "Warning: " for a Python warning a library prints (say, a RayDeprecationWarning).
-RAY_LINES = ("streaming_executor", "core_worker", "Reporting training result", "TrainingReport", "raylet", "pid=")
-RAY_LINES += ("Warning: ",)
+RAY_LINES = (
+    "streaming_executor",
+    "core_worker",
+    "Reporting training result",
+    "TrainingReport",
+    "raylet",
+    "pid=",
+    "Warning: ",
+)
 
 
 def test_demo_trains_both_models_writes_the_report_and_says_what_to_try_next(ray_session, tmp_path, capsys):
