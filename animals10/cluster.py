@@ -16,6 +16,12 @@ NOTICES = logging.getLogger("ray.notices")  # the lines Ray pushes to drivers; s
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default, on each node
 # Forwarded to every worker: an S3-compatible endpoint set on the driver must reach the tasks that read.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+# Ray Data reserves for every running dataset what it asked for (and a share of the rest) until its
+# driver's last request expires: 180 s by default after a driver is lost (killed, or cut off from the
+# head), while a job started or resumed at once gets only what is left (on 2 CPUs, nothing to decode
+# with). Drivers renew their requests every 10 s (Ray Data's default); ours let a lost one's go after
+# 20 s. Read by Ray Data when a process first runs a dataset; a value set in the environment wins.
+RAY_DATA_SETTINGS = {"RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "20"}
 
 
 def _keep_ray_off_the_console() -> None:
@@ -50,6 +56,8 @@ def connect_ray(min_cpus: int = 1, *, new_local: bool = False) -> None:
     `new_local` always starts a new local Ray (a server whose settings must not leak into another)."""
     import ray
 
+    for name, value in RAY_DATA_SETTINGS.items():
+        os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
     show_ray_output = logging.getLogger("animals10").isEnabledFor(logging.DEBUG)

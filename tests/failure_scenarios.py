@@ -3,7 +3,7 @@ node is lost.
 
 Run by tests/test_cluster.py in a subprocess (a process can hold only one Ray cluster):
 
-    python tests/failure_scenarios.py kill-worker|remove-node|batch-remove-node OUTPUT_DIR
+    python tests/failure_scenarios.py kill-worker|remove-node|batch-remove-node|batch-kill-driver OUTPUT_DIR
 
 Prints one JSON line: the training run's epochs, where it resumed, and its artifact; or the batch
 job's summary and the paths of its output rows.
@@ -39,26 +39,18 @@ def batch_job_loses_a_node(output: Path) -> None:
     """A head and two worker nodes; after the first Parquet part, the node of an inference actor is removed."""
     import pyarrow.parquet as pq
     import ray
-    import torch
     from ray._private.state import actors
     from ray.cluster_utils import Cluster
 
-    from animals10.artifact import save_artifact
     from animals10.batch.job import BatchConfig, classify_images
-    from animals10.card import ModelCard, Preprocessing
     from animals10.demo import write_demo_data
-    from animals10.labels import ANIMALS10_CLASSES
-    from animals10.models import create_model
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     data = write_demo_data(output / "data", images_per_class=30, seed=2)
-    torch.manual_seed(0)
-    model_uri = str(output / "model")
-    card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=64))
-    save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, model_uri)
+    model_uri = _untrained_model(output / "model")
     removed: list[str] = []
 
     def remove_an_inference_node(part_uri: str) -> None:
@@ -89,9 +81,80 @@ def batch_job_loses_a_node(output: Path) -> None:
     cluster.shutdown()
 
 
+RESUME_TIMEOUT_S = 150  # under the 180 s for which Ray Data holds a lost driver's share by default
+PHOTOS_PER_CLASS, ROWS_PER_PART = 60, 4
+PARTS = PHOTOS_PER_CLASS * 10 // ROWS_PER_PART
+
+
+def batch_job_resumed_at_once_after_a_lost_driver(output: Path) -> None:
+    """One node of 2 CPUs (a replica and a decode task). A job's driver process is killed midway, and the
+    job is resumed at once from another driver, which must get the cluster's CPUs to finish: Ray Data
+    keeps the resources a lost driver's dataset asked for until its last request expires (180 s by
+    default), and on 2 CPUs that leaves the resumed job nothing to decode with."""
+    import subprocess
+
+    import pyarrow.parquet as pq
+    from ray.cluster_utils import Cluster
+
+    from animals10.demo import write_demo_data
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    data = write_demo_data(output / "data", images_per_class=PHOTOS_PER_CLASS, seed=3)
+    model_uri = _untrained_model(output / "model", image_size=224)  # slow enough to be killed at steady state
+    predictions = output / "predictions"
+    argv = [sys.executable, "-m", "animals10.cli", "infer", "--model", model_uri, "--input", str(data),
+            "--output", str(predictions), "--rows-per-file", str(ROWS_PER_PART), "--batch-size", "4",
+            "--no-progress"]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    result: dict = {"photos": sorted(str(p) for p in Path(data).rglob("*.jpg"))}
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed once it has run at full speed for a while (Ray Data then asks for its resources outright,
+    # no longer only for a share), or half-way, whichever comes first.
+    deadline = time.monotonic() + 300
+    while not list(predictions.glob("part-*.parquet")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    steady_until = time.monotonic() + 25
+    while len(list(predictions.glob("part-*.parquet"))) < PARTS // 2 and time.monotonic() < steady_until:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    result["parts_before_kill"] = len(list(predictions.glob("part-*.parquet")))
+    result["parts"] = PARTS
+    resumed_at = time.monotonic()
+    try:
+        resumed = subprocess.run(argv + ["--resume"], env=env, capture_output=True, text=True, timeout=RESUME_TIMEOUT_S)
+        if resumed.returncode != 0:
+            result["error"] = resumed.stderr[-3000:]
+    except subprocess.TimeoutExpired:
+        result["error"] = f"the resumed job did not finish within {RESUME_TIMEOUT_S} s of the kill"
+    result["resume_s"] = round(time.monotonic() - resumed_at, 1)  # for the record, not asserted
+    result["summary"] = json.loads((predictions / "_summary.json").read_text()) if "error" not in result else None
+    parts = sorted(predictions.glob("part-*.parquet"))
+    result["rows"] = [row for part in parts for row in pq.read_table(part, columns=["path", "error"]).to_pylist()]
+    print(json.dumps(result))
+    cluster.shutdown()
+
+
+def _untrained_model(uri: Path, image_size: int = 64) -> str:
+    import torch
+
+    from animals10.artifact import save_artifact
+    from animals10.card import ModelCard, Preprocessing
+    from animals10.labels import ANIMALS10_CLASSES
+    from animals10.models import create_model
+
+    torch.manual_seed(0)
+    card = ModelCard("custom_cnn", list(ANIMALS10_CLASSES), Preprocessing(image_size=image_size))
+    save_artifact(create_model("custom_cnn", len(ANIMALS10_CLASSES)), card, str(uri))
+    return str(uri)
+
+
 def main(scenario: str, output: Path) -> None:
     if scenario == "batch-remove-node":
         batch_job_loses_a_node(output)
+        return
+    if scenario == "batch-kill-driver":
+        batch_job_resumed_at_once_after_a_lost_driver(output)
         return
     import ray
     from ray.cluster_utils import Cluster
