@@ -19,9 +19,14 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 # Ray Data reserves for every running dataset what it asked for (and a share of the rest) until its
 # driver's last request expires: 180 s by default after a driver is lost (killed, or cut off from the
 # head), while a job started or resumed at once gets only what is left (on 2 CPUs, nothing to decode
-# with). Drivers renew their requests every 10 s (Ray Data's default); ours let a lost one's go after
-# 20 s. Read by Ray Data when a process first runs a dataset; a value set in the environment wins.
-RAY_DATA_SETTINGS = {"RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "20"}
+# with). Ours renew their requests every second and let a lost one's go after 3 s, so that it has
+# expired when a new job's first request makes Ray Data share the cluster out again (its own periodic
+# pass comes every 20 s). Read by Ray Data when a process first runs a dataset; values set in the
+# environment win.
+RAY_DATA_SETTINGS = {
+    "RAY_DATA_MIN_GAP_BETWEEN_AUTOSCALING_REQUESTS": "1",
+    "RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "3",
+}
 
 
 def _keep_ray_off_the_console() -> None:
