@@ -148,19 +148,26 @@ def test_training_reads_and_writes_s3(ray_session, s3_bucket, demo_tree):
     assert predictor.class_names[0] == "dog" and predictor.model_id.startswith("custom_cnn-")
 
 
-@pytest.mark.parametrize("scenario", ["kill-worker", "remove-node"])
-def test_training_survives_a_lost_worker(scenario, tmp_path):
-    """A head and two worker nodes on this machine; a training worker process (or its whole node) is
-    killed after some checkpoints. The run goes on from its latest checkpoint and finishes."""
+def run_failure_scenario(scenario: str, output: Path) -> dict:
+    """Runs tests/failure_scenarios.py SCENARIO in its own process (it starts its own cluster); returns
+    its JSON result, which holds no error."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "failure_scenarios.py"), scenario, str(tmp_path)],
+        [sys.executable, str(ROOT / "tests" / "failure_scenarios.py"), scenario, str(output)],
         env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "error" not in result, result.get("error")
+    return result
+
+
+@pytest.mark.parametrize("scenario", ["kill-worker", "remove-node"])
+def test_training_survives_a_lost_worker(scenario, tmp_path):
+    """A head and two worker nodes on this machine; a training worker process (or its whole node) is
+    killed after some checkpoints. The run goes on from its latest checkpoint and finishes."""
+    result = run_failure_scenario(scenario, tmp_path)
     assert [h["epoch"] for h in result["history"]] == list(range(1, 9))  # no epoch run twice, none lost
     card = json.loads((Path(result["artifact"]) / "model_card.json").read_text())
     resumed = card["training"]["resumed_after_epochs"]
@@ -172,15 +179,7 @@ def test_training_survives_a_lost_worker(scenario, tmp_path):
 def test_batch_inference_survives_a_lost_node(tmp_path):
     """A head and two worker nodes on this machine; after the first Parquet part, the node of an
     inference actor is removed. The job finishes with exactly one row per photo, none of them an error."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "failure_scenarios.py"), "batch-remove-node", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in result, result.get("error")
+    result = run_failure_scenario("batch-remove-node", tmp_path)
     assert result["removed_node"]  # the fault happened, mid-job
     paths = [row["path"] for row in result["rows"]]
     assert sorted(paths) == result["photos"] and len(result["photos"]) == 300
@@ -193,15 +192,7 @@ def test_a_batch_job_resumed_at_once_after_its_driver_was_killed_gets_the_cluste
     """On a 2-CPU cluster a job's driver is killed midway; the job resumed at once from a new driver
     finishes with exactly one row per photo, within the scenario's timeout (which the 180 s Ray Data
     holds a lost driver's share of the cluster by default would exceed)."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "failure_scenarios.py"), "batch-kill-driver", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in result, result.get("error")
+    result = run_failure_scenario("batch-kill-driver", tmp_path)
     assert 1 <= result["parts_before_kill"] < result["parts"]  # the kill landed midway
     paths = [row["path"] for row in result["rows"]]
     assert sorted(paths) == result["photos"] and len(result["photos"]) == 600
