@@ -29,7 +29,7 @@ from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
 from animals10.batch.sources import Plan, plan_manifest, plan_tree
 from animals10.batch.steps import ClassifyShard, check_same_job, decode_shard, produce_shards
 from animals10.card import Preprocessing, check_threshold
-from animals10.cluster import connect_ray
+from animals10.cluster import connect_ray, reshare_ray_data_resources_soon
 from animals10.errors import Animals10Error, DataError
 from animals10.imaging import DEFAULT_MAX_PIXELS
 
@@ -343,6 +343,7 @@ def _collect(
     progress bar, in photos."""
     first_part_at, first_rows = None, 0
     bar = tqdm(unit="img", desc="classifying", disable=not config.progress, mininterval=1.0)
+    reshare = reshare_ray_data_resources_soon()  # a job started right after a killed one gets the whole cluster
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             batch_counts = batch.to_pylist()
@@ -360,6 +361,7 @@ def _collect(
                 if on_part_written is not None:
                     on_part_written(counts["part"])
     finally:
+        reshare.cancel()
         bar.close()
     if totals.skipped_rows:
         logger.info(
