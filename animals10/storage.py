@@ -90,12 +90,17 @@ def visible(name: str, extensions: tuple[str, ...] | None = None) -> bool:
     return not base.startswith(".") and (extensions is None or base.lower().endswith(extensions))
 
 
-def iter_s3_objects(uri: str, recursive: bool = True, page_size: int = 1000) -> Iterator[list[str]]:
+def iter_s3_objects(
+    uri: str, recursive: bool = True, page_size: int = 1000, after: str | None = None
+) -> Iterator[list[str]]:
     """The object URIs under an S3 prefix, one listing page at a time (`page_size` keys at most), in
-    key order. Not `recursive`: only the objects directly under the prefix, as a folder listing shows."""
+    key order; only those after the object URI `after` when given. Not `recursive`: only the objects
+    directly under the prefix, as a folder listing shows."""
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size, **({} if recursive else {"Delimiter": "/"})}
+    if after is not None:
+        kwargs["StartAfter"] = split_s3(after)[1]
     try:
         for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
             yield [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]

@@ -442,7 +442,8 @@ class HeldListing:
         import threading
 
         self.page_size, self.hold = str(page_size), hold
-        self.requests: list[str] = []
+        self.requests: list[str] = []  # the prefix of each
+        self.starts: list[str | None] = []  # the key each lists after, if any
         self.timed_out = False
         self.lock = threading.Lock()
         self.released = threading.Event()
@@ -456,6 +457,7 @@ class HeldListing:
             return None
         with self.lock:
             self.requests.append(query.get("prefix", [""])[0])
+            self.starts.append(query.get("start-after", [None])[0])
             number = len(self.requests)
         deadline = time.monotonic() + 60
         while self.hold(query.get("prefix", [""])[0], number) and not self.released.is_set():
@@ -641,6 +643,39 @@ def test_a_resume_lists_only_the_folders_it_has_left_and_writes_only_the_missing
     assert set(after) == set(parts) and {n: after[n] for n in parts if n != lost} == {
         n: v for n, v in parts.items() if n != lost
     }
+    paths = read_output(str(output)).column("path").to_pylist()
+    assert sorted(paths) == expected and len(paths) == len(set(paths))
+
+
+def test_a_resume_lists_an_s3_folder_only_from_after_its_last_finished_part(
+    ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch
+):
+    expected = put_photos(s3_bucket, [f"onward/cane/{i:02d}.jpg" for i in range(24)])
+    output = tmp_path / "out"
+    config = BatchConfig(
+        untrained_artifact, f"s3://{s3_bucket}/onward/", str(output), batch_size=4, rows_per_file=4, progress=False
+    )
+    classify_images(config)
+    parts = sorted(output.glob("part-*.parquet"))  # one unit: its shards in order
+    assert [pq.read_metadata(p).num_rows for p in parts] == [1, 1, 2, 4, 4, 4, 4, 4]
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts[:6]}
+    for lost in parts[6:]:  # as if the job had been killed after its first 16 photos
+        lost.unlink()
+    held = HeldListing(page_size=4, hold=lambda prefix, number: False)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    config.resume = True
+    try:
+        summary = classify_images(config)
+    finally:
+        proxy.close()
+    # Every listing request of the resume starts after the last photo of the last finished part.
+    assert held.starts and set(held.starts) == {"onward/cane/15.jpg"}
+    assert summary.processed_this_run == 8 and summary.parts_written == 2 and summary.already_done == 16
+    assert summary.complete and summary.parts == 8 and summary.files_seen == 24
+    assert {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in output.glob("part-*.parquet") if p.name in kept
+    } == kept
     paths = read_output(str(output)).column("path").to_pylist()
     assert sorted(paths) == expected and len(paths) == len(set(paths))
 

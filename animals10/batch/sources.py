@@ -190,12 +190,16 @@ def shard_rows(number: int, rows_per_part: int) -> int:
     return max(1, rows_per_part >> (3 - number)) if number < 3 else rows_per_part
 
 
-def iter_shards(unit: Unit, rows_per_part: int) -> Iterator[Shard]:
+def iter_shards(unit: Unit, rows_per_part: int, resume_after: tuple[int, str] | None = None) -> Iterator[Shard]:
     """The unit's shards, in order, with their stable ids; the final one is marked `last` (a full
-    shard waits for the next row, or the end, before it is passed on)."""
-    rows = manifest_rows(unit.manifest) if unit.manifest else _tree_paths(unit, min(S3_PAGE_SIZE, rows_per_part))
+    shard waits for the next row, or the end, before it is passed on). `resume_after` (shard number,
+    its last photo) of an S3 tree unit: only the shards after that one, listed from after that photo."""
+    if unit.manifest:
+        rows = manifest_rows(unit.manifest)
+    else:
+        rows = _tree_paths(unit, min(S3_PAGE_SIZE, rows_per_part), resume_after[1] if resume_after else None)
     seen: set[int] = set()  # 8-byte hashes of one manifest file's URIs: a URI listed twice is classified once
-    number = 0
+    number = resume_after[0] + 1 if resume_after else 0
     shard = Shard(shard_id(unit.key, number), true_labels=[] if unit.labels else None)
     full: Shard | None = None
     taken = 0  # rows of the unit in this shard, duplicates included: shard boundaries do not depend on them
@@ -239,13 +243,35 @@ def shard_number(shard: str) -> int:
     return int(shard.rsplit("-", 1)[1])
 
 
-def _tree_paths(unit: Unit, page_size: int) -> Iterator[tuple[str, str]]:
-    """(photo path, class or "") of a tree unit, in a stable order."""
+def can_list_after(unit: Unit, path: str) -> bool:
+    """Whether the unit's listing can start right after `path` (one of its photos): S3 tree units,
+    whose listing is in key order."""
+    return unit.manifest is None and storage.is_s3(path) and _member_of(unit, path) is not None
+
+
+def _members(unit: Unit) -> list[tuple[str, str, bool]]:
+    """(folder, class or "", recursive) for each part of a tree unit, in listing order."""
     members = [(unit.flat, "", False)] if unit.flat else []
-    members += [(folder, unit.labels[i] if unit.labels else "", True) for i, folder in enumerate(unit.folders)]
-    for folder, label, recursive in members:
+    return members + [(folder, unit.labels[i] if unit.labels else "", True) for i, folder in enumerate(unit.folders)]
+
+
+def _member_of(unit: Unit, path: str) -> int | None:
+    for i, (folder, _, recursive) in enumerate(_members(unit)):
+        prefix = folder.rstrip("/") + "/"
+        if path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :]):
+            return i
+    return None
+
+
+def _tree_paths(unit: Unit, page_size: int, after: str | None = None) -> Iterator[tuple[str, str]]:
+    """(photo path, class or "") of a tree unit, in a stable order; only those after the photo `after`
+    when given (S3 units only, see `can_list_after`)."""
+    members = _members(unit)
+    first = _member_of(unit, after) if after is not None else 0
+    for i, (folder, label, recursive) in enumerate(members[first:], start=first):
         if storage.is_s3(folder):
-            for page in storage.iter_s3_objects(folder, recursive=recursive, page_size=page_size):
+            start = after if i == first else None
+            for page in storage.iter_s3_objects(folder, recursive=recursive, page_size=page_size, after=start):
                 yield from ((p, label) for p in page if _is_photo(p))
         else:
             yield from ((p, label) for p in storage.walk_local(folder, recursive=recursive) if _is_photo(p))

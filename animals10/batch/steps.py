@@ -30,7 +30,7 @@ from animals10.batch.parts import (
     shards_with_parts,
     write_part,
 )
-from animals10.batch.sources import Shard, Unit, iter_shards, shard_id, shard_number
+from animals10.batch.sources import Shard, Unit, can_list_after, iter_shards, shard_id, shard_number
 from animals10.card import Preprocessing
 from animals10.data import photo_error
 from animals10.errors import DataError
@@ -103,8 +103,9 @@ def produce_shards(
         if done and _unit_finished(output_uri, unit.key, done):
             finished = sorted(done)
         else:
-            finished = []
-            for shard in iter_shards(unit, rows_per_part):
+            resume_after = _resume_point(output_uri, unit, done)
+            finished = list(range(resume_after[0] + 1)) if resume_after else []
+            for shard in iter_shards(unit, rows_per_part, resume_after):
                 number = shard_number(shard.id)
                 if number in done:
                     finished.append(number)  # only shards of today's input: a stray old part is not counted
@@ -115,6 +116,17 @@ def produce_shards(
         if finished:
             parts = [part_uri(output_uri, shard_id(unit.key, n)) for n in finished]
             yield _shard_table(Shard(unit.key), _finished_counts(parts, expected))
+
+
+def _resume_point(output_uri: str, unit: Unit, done: set[int]) -> tuple[int, str] | None:
+    """(n, the last photo of shard n) when shards 0 to n of the unit all have parts and its listing can
+    start after that photo (an S3 tree): a resume then lists only what follows, whatever was done."""
+    if 0 not in done:
+        return None
+    last = next(n for n in range(len(done) + 1) if n not in done) - 1
+    stats = read_part_stats(part_uri(output_uri, shard_id(unit.key, last)))
+    after = stats and stats.get("last_input")  # parts written before it was recorded have none
+    return (last, after) if after and can_list_after(unit, after) else None
 
 
 def _unit_finished(output_uri: str, unit_key: str, done: set[int]) -> bool:
@@ -293,6 +305,7 @@ class ClassifyShard:
             "per_class": dict(Counter(r["label"] for r in described)),
             "unknown": sum(r.get("unknown", False) for r in described),
             "last": row["last"],
+            "last_input": paths[-1] if paths else None,  # where a resume may list on from
             "started_at": round(started_at, 3),  # Unix seconds, when the replica began the shard
             "classify_seconds": round(time.perf_counter() - started, 3),  # on the replica, writing not included
         }
