@@ -50,7 +50,9 @@ def _client(endpoint_url: str | None):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    config = Config(
+        retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32
+    )  # one connection per thread of `read_each` or a footer reader
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
@@ -157,6 +159,35 @@ def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]
     if root.is_file():
         return [str(root)] if visible(root.name, extensions) else []
     return sorted(str(p) for p in root.rglob("*") if p.is_file() and visible(p.name, extensions))
+
+
+READ_AHEAD = 16  # S3 objects `read_each` reads at once: each is a request, and one at a time waits on each
+
+
+def read_each(uris: list[str], at_once: int = READ_AHEAD) -> Iterator[bytes | Exception]:
+    """The bytes of each of `uris`, in order; a file that cannot be read comes as its exception. S3
+    objects are read `at_once` at a time in threads (no more held); local files one by one, as
+    threads only slowed them down."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(uri: str) -> bytes | Exception:
+        try:
+            return read_bytes(uri)
+        except Exception as error:  # noqa: BLE001 - handed to the caller, which names it
+            return error
+
+    if not uris or not is_s3(uris[0]):
+        yield from map(read, uris)
+        return
+    with ThreadPoolExecutor(max(1, min(at_once, len(uris)))) as pool:
+        pending: deque = deque()
+        for uri in uris:
+            pending.append(pool.submit(read, uri))
+            if len(pending) >= at_once:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def read_bytes(uri: str) -> bytes:

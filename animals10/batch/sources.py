@@ -46,6 +46,11 @@ class Unit:
     labels: tuple[str, ...] = ()  # the class of each of `folders` when the input is a labelled tree
     manifest: ManifestFile | None = None
 
+    @property
+    def on_s3_tree(self) -> bool:
+        """A folder unit on S3, whose listing is in key order (and can start after any key)."""
+        return self.manifest is None and storage.is_s3(self.flat or self.folders[0])
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -244,9 +249,8 @@ def shard_number(shard: str) -> int:
 
 
 def can_list_after(unit: Unit, path: str) -> bool:
-    """Whether the unit's listing can start right after `path` (one of its photos): S3 tree units,
-    whose listing is in key order."""
-    return unit.manifest is None and storage.is_s3(path) and _member_of(unit, path) is not None
+    """Whether the unit's listing can start right after `path`, one of its photos on S3."""
+    return unit.on_s3_tree and _member_of(unit, path) is not None
 
 
 def _members(unit: Unit) -> list[tuple[str, str, bool]]:

@@ -121,7 +121,7 @@ def produce_shards(
 def _resume_point(output_uri: str, unit: Unit, done: set[int]) -> tuple[int, str] | None:
     """(n, the last photo of shard n) when shards 0 to n of the unit all have parts and its listing can
     start after that photo (an S3 tree): a resume then lists only what follows, whatever was done."""
-    if 0 not in done:
+    if 0 not in done or not unit.on_s3_tree:
         return None
     last = next(n for n in range(len(done) + 1) if n not in done) - 1
     stats = read_part_stats(part_uri(output_uri, shard_id(unit.key, last)))
@@ -195,11 +195,12 @@ def decode_shard(
         size = preprocessing.image_size
         images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
         blobs = [b""] * len(paths)
-        for i, path in enumerate(paths):
-            if shard_errors[i]:
-                continue
+        wanted = [i for i in range(len(paths)) if not shard_errors[i]]
+        for i, data in zip(wanted, storage.read_each([paths[i] for i in wanted])):
+            path = paths[i]
             try:
-                data = storage.read_bytes(path)
+                if isinstance(data, Exception):
+                    raise data
                 if gpu_share > 0 and int((i + 1) * gpu_share) > int(i * gpu_share) and _gpu_decodable(data, max_pixels):
                     blobs[i] = data
                 else:
