@@ -468,6 +468,18 @@ class HeldListing:
         return None
 
 
+def resume_watching_listing(config: BatchConfig, monkeypatch) -> tuple:
+    """Resumes the job through a proxy that records its listing requests (pages of 4): (summary, HeldListing)."""
+    held = HeldListing(page_size=4, hold=lambda prefix, number: False)
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    config.resume = True
+    try:
+        return classify_images(config), held
+    finally:
+        proxy.close()
+
+
 def put_photos(bucket: str, keys: list[str]) -> list[str]:
     client = storage.s3_client()
     for i, key in enumerate(keys):
@@ -627,14 +639,7 @@ def test_a_resume_lists_only_the_folders_it_has_left_and_writes_only_the_missing
     lost_rows = pq.read_metadata(output / lost).num_rows
     (output / lost).unlink()
     # The resume finds the finished folders from its parts' names and lists only the one it has left.
-    held = HeldListing(page_size=4, hold=lambda prefix, number: False)
-    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    config.resume = True
-    try:
-        summary = classify_images(config)
-    finally:
-        proxy.close()
+    summary, held = resume_watching_listing(config, monkeypatch)
     assert held.requests and {prefix.split("/")[1] for prefix in held.requests} == {"gatto"}
     assert summary.processed_this_run == lost_rows and summary.parts_written == 1
     assert summary.already_done == 18 - lost_rows and summary.parts == 12 and summary.complete
@@ -661,14 +666,7 @@ def test_a_resume_lists_an_s3_folder_only_from_after_its_last_finished_part(
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts[:6]}
     for lost in parts[6:]:  # as if the job had been killed after its first 16 photos
         lost.unlink()
-    held = HeldListing(page_size=4, hold=lambda prefix, number: False)
-    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    config.resume = True
-    try:
-        summary = classify_images(config)
-    finally:
-        proxy.close()
+    summary, held = resume_watching_listing(config, monkeypatch)
     # Every listing request of the resume starts after the last photo of the last finished part.
     assert held.starts and set(held.starts) == {"onward/cane/15.jpg"}
     assert summary.processed_this_run == 8 and summary.parts_written == 2 and summary.already_done == 16
