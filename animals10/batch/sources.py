@@ -13,7 +13,8 @@ smaller (an eighth, a quarter and a half of it: results start flowing early and 
 work, as in a slow start); shard k of unit U has the id `<U.key>-<k>` and becomes the output part of
 that name. The same unchanged input and the same `rows_per_part` give the same shards, so a retried
 shard rewrites its own part and a resume skips the finished ones. A unit's final shard is marked
-`last`: a resume that finds every shard of a unit up to its last one done skips the unit unread.
+`last`: a resume that finds every shard of a unit up to its last one done skips the unit unread, and
+one that finds shards 0 to n done lists an S3 unit from after the last photo of shard n.
 Planning (the top level of the input, or the list of manifest files) is all that runs on the driver;
 a unit holds no more than one folder's names or one shard at a time.
 """
