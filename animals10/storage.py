@@ -180,7 +180,7 @@ def read_each(uris: list[str], at_once: int = READ_AHEAD) -> Iterator[bytes | Ex
     if not uris or not is_s3(uris[0]):
         yield from map(read, uris)
         return
-    with ThreadPoolExecutor(max(1, min(at_once, len(uris)))) as pool:
+    with ThreadPoolExecutor(min(at_once, len(uris))) as pool:
         pending: deque = deque()
         for uri in uris:
             pending.append(pool.submit(read, uri))

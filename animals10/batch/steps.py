@@ -121,9 +121,9 @@ def produce_shards(
 def _resume_point(output_uri: str, unit: Unit, done: set[int]) -> tuple[int, str] | None:
     """(n, the last photo of shard n) when shards 0 to n of the unit all have parts and its listing can
     start after that photo (an S3 tree): a resume then lists only what follows, whatever was done."""
-    if 0 not in done or not unit.on_s3_tree:
-        return None
     last = next(n for n in range(len(done) + 1) if n not in done) - 1
+    if last < 0 or not unit.on_s3_tree:
+        return None
     stats = read_part_stats(part_uri(output_uri, shard_id(unit.key, last)))
     after = stats and stats.get("last_input")  # parts written before it was recorded have none
     return (last, after) if after and can_list_after(unit, after) else None
