@@ -57,8 +57,12 @@ delivered = threading.Event()
 notices = logging.getLogger("ray.notices")
 notices.setLevel(logging.INFO)
 notices.addHandler(type("Seen", (logging.Handler,), {"emit": lambda self, record: delivered.set()})())
-utils.push_error_to_driver(worker.global_worker, "worker_pool_large", "NODE NOTICE: many workers started")
-print("delivered" if delivered.wait(120) else "never delivered")
+# The driver's listener subscribes in a thread of its own: a notice pushed before it has would be lost.
+for _ in range(60):
+    utils.push_error_to_driver(worker.global_worker, "worker_pool_large", "NODE NOTICE: many workers started")
+    if delivered.wait(2):
+        break
+print("delivered" if delivered.is_set() else "never delivered")
 """
 
 
