@@ -102,6 +102,19 @@ def test_a_tree_on_s3_is_listed_page_by_page_over_its_sub_prefixes(s3_bucket):
     assert [len(s.paths) for s in shards] == [1, 1, 1, 3, 2, 1, 1, 1, 3, 1]  # a slow start in each folder, then 3
 
 
+def test_s3_objects_read_at_once_come_in_order_through_one_client(s3_bucket):
+    client = storage.s3_client()
+    uris = []
+    for i in range(40):
+        client.put_object(Bucket=s3_bucket, Key=f"r/{i}.jpg", Body=f"photo {i}".encode())
+        uris.append(f"s3://{s3_bucket}/r/{i}.jpg")
+    uris.insert(7, f"s3://{s3_bucket}/r/gone.jpg")
+    storage._client.cache_clear()  # as in a new worker: its 16 reading threads ask for a client at once
+    read = list(storage.read_each(uris))
+    assert storage._client.cache_info().misses == 1
+    assert isinstance(read[7], Exception) and read[:7] + read[8:] == [f"photo {i}".encode() for i in range(40)]
+
+
 def test_empty_or_missing_trees_are_one_sentence(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "notes.txt").write_text("no photos")
