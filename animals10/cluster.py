@@ -8,6 +8,7 @@ when animals10 logs at DEBUG (`animals10 -v`); otherwise it stays in Ray's log f
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 
@@ -22,7 +23,7 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 # head), while a job started or resumed at once gets only what is left (on 2 CPUs, nothing to decode
 # with). Ours renew their requests every second and let a lost one's go after 3 s. Ray Data shares the
 # cluster out again only when a request changes and on its own pass every 20 s, so a job also asks for
-# one pass once a lost driver's request must have expired (`reshare_ray_data_resources_soon`). Read by
+# passes until a lost driver's request must have expired (`reshare_ray_data_resources_soon`). Read by
 # Ray Data when a process first runs a dataset; values set in the environment win.
 RAY_DATA_SETTINGS = {
     "RAY_DATA_MIN_GAP_BETWEEN_AUTOSCALING_REQUESTS": "1",
@@ -33,16 +34,27 @@ RAY_DATA_SETTINGS = {
 RAY_DATA_COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # Ray Data's actor: name, namespace
 
 
-def reshare_ray_data_resources_soon() -> threading.Timer:
-    """Asks Ray Data, once the request of any driver lost before now has expired, to share the cluster
-    out among the datasets still running: without it, a job started right after a killed one waits up
-    to 20 s with half the cluster. Cancel the returned timer when the job ends. Best effort: the pass
-    uses Ray Data's own actor, and without it Ray Data's periodic pass still comes."""
+def reshare_ray_data_resources_soon() -> threading.Event:
+    """Asks Ray Data, now and then until the request of any driver lost before now has expired, to
+    share the cluster out among the datasets still running: without it, a job started right after a
+    killed one waits up to 20 s with half the cluster. With our 3 s expiry the passes come after 1, 2
+    and 4 s. Set the returned event when the job ends. Best effort: the passes use Ray Data's own
+    actor, and without it Ray Data's periodic pass still comes."""
     expiry = float(os.environ.get("RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S", "180"))
-    timer = threading.Timer(expiry + 1, _reshare_ray_data_resources)
-    timer.daemon = True
-    timer.start()
-    return timer
+    interval = max(1.0, expiry / 3)
+    passes = [interval * k for k in range(1, math.ceil(expiry / interval))] + [expiry + 1]
+    stop = threading.Event()
+
+    def reshare_at_each_pass() -> None:
+        waited = 0.0
+        for at in passes:
+            if stop.wait(at - waited):
+                return
+            waited = at
+            _reshare_ray_data_resources()
+
+    threading.Thread(target=reshare_at_each_pass, name="animals10-reshare", daemon=True).start()
+    return stop
 
 
 def _reshare_ray_data_resources() -> None:

@@ -343,7 +343,7 @@ def _collect(
     progress bar, in photos."""
     first_part_at, first_rows = None, 0
     bar = tqdm(unit="img", desc="classifying", disable=not config.progress, mininterval=1.0)
-    reshare = reshare_ray_data_resources_soon()  # a job started right after a killed one gets the whole cluster
+    stop_resharing = reshare_ray_data_resources_soon()  # a job started right after a killed one gets the cluster
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             batch_counts = batch.to_pylist()
@@ -361,7 +361,7 @@ def _collect(
                 if on_part_written is not None:
                     on_part_written(counts["part"])
     finally:
-        reshare.cancel()
+        stop_resharing.set()
         bar.close()
     if totals.skipped_rows:
         logger.info(
