@@ -275,7 +275,12 @@ def main() -> int:
             storage._client.cache_clear()
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        from animals10.cluster import RAY_DATA_SETTINGS
+
+        # Every driver, Ray's pipeline too, with our Ray Data settings: a killed driver's requests
+        # otherwise hold half the cluster for 180 s from whichever job comes next.
         env = {
+            **RAY_DATA_SETTINGS,
             **os.environ,
             "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
             "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
