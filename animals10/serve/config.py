@@ -22,8 +22,11 @@ DEFAULT_MAX_ONGOING_REQUESTS = 256
 DEFAULT_MAX_QUEUED_REQUESTS = 64
 RETRY_AFTER_S = 1
 # Room above the admission limit in Serve's own max_ongoing_requests, so that the requests to refuse
-# reach the replica (which answers them in JSON) instead of waiting in Serve's router.
-SHED_HEADROOM = 64
+# reach the replica (which answers them in JSON at once) instead of waiting in Serve's router. Large:
+# a replica that Serve sees as full is retried by two routing tasks a replica, each backing off to
+# 0.5 s, so after a burst the router handed over 4 requests a second while the replica sat idle (30 to
+# 60 s waits in benchmarks/serve_soak.py with 64).
+SHED_HEADROOM = 1024
 ROUTER_QUEUE_FACTOR = 4
 API_KEY_ENV = "ANIMALS10_API_KEY"
 # Batches @serve.batch may hand over while the model is busy; they are merged (see `classify`).
