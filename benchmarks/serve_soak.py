@@ -139,7 +139,7 @@ def load_process(args, url: str, rate: float | None = None) -> list:
 
 
 def serve_processes() -> dict[str, int]:
-    """Serve's proxy and replicas: name -> pid, from Ray's actor table."""
+    """Serve's proxy and replicas (name -> pid, from Ray's actor table), and HAProxy's processes."""
     from ray._private.state import actors
 
     found = {}
@@ -148,7 +148,17 @@ def serve_processes() -> dict[str, int]:
         if "ProxyActor" in name or "ServeReplica" in name:
             label = "proxy" if "ProxyActor" in name else f"replica {actor['Pid']}"
             found[label] = actor["Pid"]
+    for entry in Path("/proc").iterdir():  # with --high-throughput, HAProxy carries the requests
+        if entry.name.isdigit() and _command_name(entry) == "haproxy":
+            found[f"haproxy {entry.name}"] = int(entry.name)
     return found
+
+
+def _command_name(process: Path) -> str:
+    try:
+        return (process / "comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def resident_mib(pid: int) -> float | None:
