@@ -678,6 +678,44 @@ def test_a_resume_lists_an_s3_folder_only_from_after_its_last_finished_part(
     assert sorted(paths) == expected and len(paths) == len(set(paths))
 
 
+def test_a_resume_begins_with_the_folders_it_had_not_started(
+    ray_session, untrained_artifact, s3_bucket, tmp_path, monkeypatch
+):
+    folders = ("cane", "gatto", "mucca", "pecora")
+    expected = put_photos(s3_bucket, [f"order/{c}/{i}.jpg" for c in folders for i in range(8)])
+    output = tmp_path / "out"
+    config = BatchConfig(
+        untrained_artifact, f"s3://{s3_bucket}/order/", str(output), batch_size=4, rows_per_file=4, progress=False
+    )
+    classify_images(config)
+    first_paths = {p.name: pq.read_table(p).column("path")[0].as_py() for p in output.glob("part-*.parquet")}
+    # As if killed with "cane" and "gatto" halfway (their last, full shard lost) and the others not begun.
+    for name, path in first_paths.items():
+        folder = path.split("/")[-2]
+        if folder in ("mucca", "pecora") or pq.read_metadata(output / name).num_rows == 4:
+            (output / name).unlink()
+    left = len(list(output.glob("part-*.parquet")))
+    # Listing "cane" or "gatto" waits until a new part exists: a resume that took the folders in order
+    # would give both listing tasks to them and wait here until the hold gives up.
+    held = HeldListing(
+        page_size=4,
+        hold=lambda prefix, number: (
+            ("/cane/" in prefix or "/gatto/" in prefix) and len(list(output.glob("part-*.parquet"))) == left
+        ),
+    )
+    proxy = S3Proxy(os.environ["AWS_ENDPOINT_URL"], before=held)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    config.resume = True
+    try:
+        summary = classify_images(config)
+    finally:
+        proxy.close()
+    assert not held.timed_out
+    assert summary.complete and summary.files_seen == 32 and summary.processed_this_run == 8 + 8 + 4 + 4
+    paths = read_output(str(output)).column("path").to_pylist()
+    assert sorted(paths) == expected and len(paths) == len(set(paths))
+
+
 def test_resuming_with_another_part_size_or_other_columns_is_one_sentence(
     ray_session, demo_tree, untrained_artifact, tmp_path
 ):

@@ -5,11 +5,12 @@
                                      ^ ListingGate (an actor): admits a new shard while few are unfinished
 
 Nothing the driver holds grows with the number of photos: it plans from the top level of the input
-(or the list of manifest files), checks one existing part when resuming, and keeps running totals of
-the counts that each shard sends back. Every input row ends in exactly one output row: a shard's part
-is written whole under the shard's own name, so a retried shard (a lost actor or node) rewrites the
-same part, and a resumed job (after a crash or a kill) skips the shards whose part exists, found by
-the parts' names (and skips, unlisted, the units that were finished).
+(or the list of manifest files), checks one existing part when resuming (and which of the last units
+have begun: the untouched go first), and keeps running totals of the counts that each shard sends
+back. Every input row ends in exactly one output row: a shard's part is written whole under the
+shard's own name, so a retried shard (a lost actor or node) rewrites the same part, and a resumed job
+(after a crash or a kill) skips the shards whose part exists, found by the parts' names (and skips,
+unlisted, the units that were finished).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 from animals10 import storage
 from animals10.batch.pacing import ListingGate
-from animals10.batch.parts import SUMMARY_FILE, first_part, read_part_stats
-from animals10.batch.sources import Plan, plan_manifest, plan_tree
+from animals10.batch.parts import SUMMARY_FILE, first_part, part_uri, read_part_stats
+from animals10.batch.sources import Plan, Unit, plan_manifest, plan_tree, shard_id
 from animals10.batch.steps import ClassifyShard, check_same_job, decode_shard, produce_shards
 from animals10.card import Preprocessing, check_threshold
 from animals10.cluster import connect_ray, reshare_ray_data_resources_soon
@@ -36,6 +37,7 @@ from animals10.imaging import DEFAULT_MAX_PIXELS
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("cpu", "gpu", "mixed")
+RESUME_PROBES = 64  # units at the end of the plan checked for a first part when resuming
 LISTING_TASK_CPUS = 0  # paced by the ListingGate, listing takes little CPU; a reserved share kept decoders waiting
 
 
@@ -180,6 +182,20 @@ def plan_input(config: BatchConfig, class_names: list[str]) -> Plan:
     return plan_manifest(config.input_list) if config.input_list else plan_tree(config.input_uri, class_names)
 
 
+def untouched_units_first(units: list[Unit], output_uri: str) -> list[Unit]:
+    """The units to resume, those without a first part moved to the front. A unit resumed midway goes on
+    with a full shard, which must be read whole before a replica gets it (seconds on S3); an untouched
+    unit begins with an eighth of one. Units are listed in order, so the untouched ones are at the end:
+    only the last `RESUME_PROBES` are checked, one existence check each, whatever the number of photos."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tail = units[-RESUME_PROBES:]
+    with ThreadPoolExecutor(16) as pool:
+        started = list(pool.map(lambda unit: storage.exists(part_uri(output_uri, shard_id(unit.key, 0))), tail))
+    untouched = {unit.key for unit, begun in zip(tail, started) if not begun}
+    return [u for u in units if u.key in untouched] + [u for u in units if u.key not in untouched]
+
+
 def classify_images(
     config: BatchConfig, on_part_written: Callable[[str], None] | None = None, plan: Plan | None = None
 ) -> JobSummary:
@@ -205,6 +221,7 @@ def classify_images(
         )
     if existing:
         check_same_job(read_part_stats(existing), job, existing)
+        plan = Plan(plan.input, untouched_units_first(plan.units, config.output_uri), plan.labelled)
     summary = JobSummary(model=card.id, input=plan.input, output=config.output_uri, true_label=plan.labelled)
     totals = _Totals()
     connect_ray()
