@@ -193,7 +193,7 @@ def untouched_units_first(units: list[Unit], output_uri: str) -> list[Unit]:
     with ThreadPoolExecutor(16) as pool:
         started = list(pool.map(lambda unit: storage.exists(part_uri(output_uri, shard_id(unit.key, 0))), tail))
     untouched = {unit.key for unit, begun in zip(tail, started) if not begun}
-    return [u for u in units if u.key in untouched] + [u for u in units if u.key not in untouched]
+    return sorted(units, key=lambda unit: unit.key not in untouched)  # stable: the order otherwise kept
 
 
 def classify_images(
