@@ -236,7 +236,6 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-ongoing-requests", type=int, default=None, help="default: the app's")
     parser.add_argument("--max-queued-requests", type=int, default=None, help="default: the app's")
-    parser.add_argument("--max-wait-s", type=float, default=None, help="default: the app's (no wait limit)")
     parser.add_argument(
         "--high-throughput", action="store_true", help="HAProxy ingress straight to the replica, as serve_load.py"
     )
@@ -258,11 +257,7 @@ def main() -> int:
 
     if args.high_throughput:
         os.environ.update(HIGH_THROUGHPUT_ENV)  # read when Ray starts; its controller and replicas inherit them
-    given = {
-        "max_ongoing_requests": args.max_ongoing_requests,
-        "max_queued_requests": args.max_queued_requests,
-        "max_wait_s": args.max_wait_s,
-    }
+    given = {"max_ongoing_requests": args.max_ongoing_requests, "max_queued_requests": args.max_queued_requests}
     limits = {k: v for k, v in given.items() if v is not None}
     with tempfile.TemporaryDirectory() as tmp:
         artifact = str(Path(tmp) / "mobilenet_v2")

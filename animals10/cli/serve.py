@@ -66,13 +66,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests a replica holds beyond those; more are refused at once with 503 and Retry-After",
     )
     parser.add_argument(
-        "--max-wait-s",
-        type=float,
-        default=None,
-        help="also refuse at once a request the replica's recent rate says would take longer than this "
-        "(default: no such limit)",
-    )
-    parser.add_argument(
         "--api-key-file",
         metavar="PATH",
         help="require 'Authorization: Bearer <key>' on /predict and /model, the key in this file (or in "
@@ -138,7 +131,6 @@ def run_serve(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         max_ongoing_requests=args.max_ongoing_requests,
         max_queued_requests=args.max_queued_requests,
-        max_wait_s=args.max_wait_s,
         access_log=not args.no_access_log,
         tta=args.tta,
         unknown=not args.no_unknown,

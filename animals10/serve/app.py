@@ -8,8 +8,7 @@
 
 With an API key (guards.py), /predict and /model answer 401 without `Authorization: Bearer <key>`;
 /healthz stays open for load balancers. Requests to /predict over the admission limit (the
-replica's max_ongoing_requests plus max_queued_requests, and optionally max_wait_s of predicted wait)
-are refused at once with 503 and Retry-After.
+replica's max_ongoing_requests plus max_queued_requests) are refused at once with 503 and Retry-After.
 
 Photos are decoded with `animals10.imaging.load_array` at the card's input size and classified by
 `animals10.predictor.Predictor`, the same code path as batch inference, so the same photo gets the
@@ -134,7 +133,6 @@ class Classifier:
         max_files: int = DEFAULT_MAX_FILES,
         torch_threads: int | None = None,
         admission_limit: int = DEFAULT_MAX_ONGOING_REQUESTS + DEFAULT_MAX_QUEUED_REQUESTS,
-        max_wait_s: float | None = None,
         api_key_file: str | None = None,
         api_key_env: str | None = None,
     ):
@@ -144,7 +142,7 @@ class Classifier:
             torch.set_num_threads(int(torch_threads))
         self.max_body_bytes = int(max_body_mb * 1_000_000)
         self.max_files = int(max_files)
-        self.admission = Admission(int(admission_limit), max_wait_s)
+        self.admission = Admission(int(admission_limit))
         self.api_key = ApiKey(read_api_key(api_key_file, api_key_env))
         self.predictor: Predictor | None = None
         self.config: ModelConfig | None = None
@@ -289,7 +287,6 @@ class Classifier:
                     "max_body_mb": self.max_body_bytes / 1e6,
                     "max_files": self.max_files,
                     "admission_limit": self.admission.limit,
-                    "max_wait_s": self.admission.max_wait_s,
                     "api_key_required": self.api_key.required,
                     "device": str(self.predictor.device),
                 },
@@ -311,7 +308,6 @@ def build_app(
     torch_threads: int | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
-    max_wait_s: float | None = None,
     access_log: bool = True,
     tta: bool = False,
     unknown: bool = True,
@@ -322,16 +318,13 @@ def build_app(
     """The Serve application for one artifact. `autoscaling=(min, max)` replaces `num_replicas`.
 
     A replica works on `max_ongoing_requests` requests at once and holds `max_queued_requests` more;
-    it refuses the next one itself (JSON 503), and with `max_wait_s` also one its recent rate says would
-    take longer than that. Serve's own limits sit above that: a replica takes
+    it refuses the next one itself (JSON 503). Serve's own limits sit above that: a replica takes
     SHED_HEADROOM more, so that the ones to refuse reach it, and Serve's router queues up to
     ROUTER_QUEUE_FACTOR times the admission limit (beyond that it answers 503 with Retry-After too,
     in plain text). The API key comes from `api_key_file`, else the environment variable
     `api_key_env` (default ANIMALS10_API_KEY) on the replicas' nodes."""
     if max_ongoing_requests < 1 or max_queued_requests < 0:
         raise SettingsError("max_ongoing_requests must be at least 1 and max_queued_requests at least 0.")
-    if max_wait_s is not None and not max_wait_s > 0:
-        raise SettingsError(f"max_wait_s must be a number of seconds above 0, not {max_wait_s}.")
     read_api_key(api_key_file, api_key_env)  # a bad key fails here, not in a replica
     if model_uri and unknown:
         check_readable_threshold(model_uri, unknown_threshold)  # a bad threshold too
@@ -371,7 +364,6 @@ def build_app(
         max_files=max_files,
         torch_threads=torch_threads,
         admission_limit=admission_limit,
-        max_wait_s=max_wait_s,
         api_key_file=api_key_file,
         api_key_env=api_key_env,
     )
@@ -381,7 +373,7 @@ def app_builder(args: dict) -> serve.Application:
     """For `serve run` / `serve deploy` (import_path animals10.serve:app_builder).
 
     `args` may hold model_uri, max_batch_size, batch_wait_timeout_s, max_body_mb, max_files,
-    torch_threads, max_ongoing_requests, max_queued_requests, max_wait_s, access_log, tta, unknown,
+    torch_threads, max_ongoing_requests, max_queued_requests, access_log, tta, unknown,
     unknown_threshold, api_key_file and api_key_env (the name of the variable that holds the key, never
     the key); a `user_config` in the config file's deployments section overrides the first three.
     """
@@ -399,7 +391,6 @@ def app_builder(args: dict) -> serve.Application:
         "unknown_threshold",
         "max_ongoing_requests",
         "max_queued_requests",
-        "max_wait_s",
         "api_key_file",
         "api_key_env",
     }

@@ -3,8 +3,8 @@
 Serve has no HTTP authentication of its own (Ray's token covers the control plane only), so the
 replica checks `Authorization: Bearer <key>` itself, in constant time; the key comes from a file or
 an environment variable, never from a command line or config file, and is never logged or echoed.
-The admission limit answers requests over it (a count, and optionally the wait the replica's recent
-rate predicts) at once with 503 and Retry-After, in JSON, instead of letting them queue without end.
+The admission limit answers requests over it at once with 503 and Retry-After, in JSON, instead of
+letting them queue without end.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
-import time
 from pathlib import Path
 
 from animals10.errors import SettingsError
@@ -69,56 +68,22 @@ class ApiKey:
 
 
 class Admission:
-    """At most `limit` requests in progress in this replica, and, with `max_wait_s`, no more than the
-    replica would finish within that time; one more is refused at once.
+    """At most `limit` requests in progress in this replica; one more is refused at once."""
 
-    The wait a new request faces is the requests ahead of it times the replica's recent seconds per
-    request of backlog: how long each answered request took divided by the requests it found in
-    progress, plus itself (a moving average, so it follows the model's rate as the machine gets busier).
-    A request is always admitted into an idle replica, and until one has been answered only the count
-    limits. Requests refused for a bad photo say nothing of the model's rate and are not counted.
-    """
-
-    SMOOTHING = 0.1  # weight of the latest answered request in the moving average
-
-    def __init__(self, limit: int, max_wait_s: float | None = None, clock=time.monotonic):
+    def __init__(self, limit: int):
         self.limit = limit
-        self.max_wait_s = max_wait_s
         self.in_progress = 0
-        self.seconds_per_request: float | None = None
-        self._clock = clock
-
-    def expected_wait_s(self) -> float:
-        """Seconds a request admitted now would take, by the recent rate (0 until one was answered)."""
-        return (self.in_progress + 1) * (self.seconds_per_request or 0.0)
 
     @contextlib.contextmanager
     def admit(self):
         if self.in_progress >= self.limit:
-            raise self._refusal(f"{self.limit} requests in progress")
-        if self.max_wait_s is not None and self.in_progress and self.expected_wait_s() > self.max_wait_s:
-            raise self._refusal(
-                f"about {self.expected_wait_s():.1f} s of work ahead, over its {self.max_wait_s:g} s limit"
+            raise RequestError(
+                503,
+                f"The server is at capacity ({self.limit} requests in progress); retry in {RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        ahead = self.in_progress
-        started = self._clock()
         self.in_progress += 1
         try:
             yield
-            self._record((self._clock() - started) / (ahead + 1))  # not reached when the request failed
         finally:
             self.in_progress -= 1
-
-    def _record(self, seconds: float) -> None:
-        if self.seconds_per_request is None:
-            self.seconds_per_request = seconds
-        else:
-            self.seconds_per_request += self.SMOOTHING * (seconds - self.seconds_per_request)
-
-    @staticmethod
-    def _refusal(reason: str) -> RequestError:
-        return RequestError(
-            503,
-            f"The server is at capacity ({reason}); retry in {RETRY_AFTER_S} s.",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
