@@ -100,40 +100,52 @@ def visible(name: str, extensions: tuple[str, ...] | None = None) -> bool:
 
 
 def iter_s3_objects(
-    uri: str, recursive: bool = True, page_size: int = 1000, after: str | None = None
+    uri: str, page_size: int = 1000, after: str | None = None, first_page: int | None = None
 ) -> Iterator[list[str]]:
-    """The object URIs under an S3 prefix, one listing page at a time (`page_size` keys at most), in
-    key order; only those after the object URI `after` when given. Not `recursive`: only the objects
-    directly under the prefix, as a folder listing shows."""
+    """The object URIs under an S3 prefix, at any depth, one listing page at a time (`page_size` keys at
+    most, the first page `first_page` keys when given: a small page comes back sooner), in key order;
+    only those after the object URI `after` when given."""
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size, **({} if recursive else {"Delimiter": "/"})}
+    request = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else ""}
     if after is not None:
-        kwargs["StartAfter"] = split_s3(after)[1]
+        request["StartAfter"] = split_s3(after)[1]
     try:
-        for page in s3_client().get_paginator("list_objects_v2").paginate(**kwargs):
+        for page in _list_pages(request, first_page or page_size, page_size):
             yield [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
     except Exception as error:  # noqa: BLE001 - translated into one sentence
         raise explain(uri, error) from error
 
 
-def s3_subfolders(uri: str) -> Iterator[str]:
-    """The "folders" (common prefixes) directly under an S3 prefix, as s3:// URIs ending in '/', in order."""
+def iter_s3_folder(uri: str) -> Iterator[tuple[list[str], list[str]]]:
+    """What lies directly under an S3 prefix, as a folder listing shows it, one page at a time:
+    (its "folders" (common prefixes) as s3:// URIs ending in '/', its objects' URIs), in key order."""
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    request = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else "", "Delimiter": "/"}
     try:
-        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                yield f"s3://{bucket}/{common['Prefix']}"
+        for page in _list_pages(request, 1000, 1000):
+            folders = [f"s3://{bucket}/{common['Prefix']}" for common in page.get("CommonPrefixes", [])]
+            yield folders, [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
     except Exception as error:  # noqa: BLE001
         raise explain(uri, error) from error
 
 
-def walk_local(root: str | Path, recursive: bool = True, ordered: bool = True) -> Iterator[str]:
-    """The files under a local folder, lazily: each folder's files, then its sub-folders, depth first;
-    `ordered`: by name (a stable order), else as the file system lists them (nothing held). Hidden
-    files and folders are skipped. Only one folder's entries are held at a time, and no file is
-    stat'ed: whatever is not a folder counts as a file (a broken link then fails when it is read)."""
+def _list_pages(request: dict, first_page: int, page_size: int) -> Iterator[dict]:
+    """ListObjectsV2's pages for `request`, the first of `first_page` keys, the others of `page_size`."""
+    max_keys = first_page
+    while True:
+        page = s3_client().list_objects_v2(**request, MaxKeys=max_keys)
+        yield page
+        if not page.get("IsTruncated"):
+            return
+        request = {**request, "ContinuationToken": page["NextContinuationToken"]}
+        max_keys = page_size
+
+
+def walk_local(root: str | Path) -> Iterator[str]:
+    """The files under a local folder, lazily, in a stable order: each folder's files by name, then its
+    sub-folders, depth first. Hidden files and folders are skipped. Only one folder's entries are held
+    at a time, and no file is stat'ed: whatever is not a folder counts as a file (a broken link then
+    fails when it is read)."""
     try:
         entries = os.scandir(root)
     except FileNotFoundError as error:
@@ -143,16 +155,15 @@ def walk_local(root: str | Path, recursive: bool = True, ordered: bool = True) -
         return
     folders = []
     with entries:
-        for entry in sorted(entries, key=lambda e: e.name) if ordered else entries:
+        for entry in sorted(entries, key=lambda e: e.name):
             if entry.name.startswith("."):
                 continue
             if entry.is_dir(follow_symlinks=False):
                 folders.append(entry.path)
             else:
                 yield entry.path
-    if recursive:
-        for folder in folders:
-            yield from walk_local(folder, ordered=ordered)
+    for folder in folders:
+        yield from walk_local(folder)
 
 
 def list_files(uri: str, extensions: tuple[str, ...] | None = None) -> list[str]:

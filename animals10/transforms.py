@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,9 +41,6 @@ class Augmentation:
     @property
     def mixes(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> Augmentation:
@@ -86,20 +83,20 @@ def normalise(x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     return (x - mean) / std
 
 
-def augment(x: torch.Tensor, augmentation: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(x: torch.Tensor, augmentation: Augmentation) -> torch.Tensor:
     """Random per-image augmentation of (B, 3, H, W) floats in [0, 1], batched on x's device.
 
     Flip, rotation and random resized crop are one affine resampling per image."""
     batch = x.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(batch, generator=generator).mul_(high - low).add_(low).to(x.device)
+        return torch.rand(batch).mul_(high - low).add_(low).to(x.device)
 
     if augmentation.grayscale > 0:  # the luma in all three channels: the shape without the colour
-        grey = torch.rand(batch, generator=generator).to(x.device) < augmentation.grayscale
+        grey = torch.rand(batch).to(x.device) < augmentation.grayscale
         x = torch.where(grey.view(-1, 1, 1, 1), luma(x).expand_as(x), x)
     if augmentation.horizontal_flip:
-        flip = torch.rand(batch, generator=generator).to(x.device) < 0.5
+        flip = torch.rand(batch).to(x.device) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     low_area, high_area = augmentation.crop_scale
     if augmentation.rotation_degrees > 0 or low_area < 1.0:

@@ -102,6 +102,49 @@ def test_a_tree_on_s3_is_listed_page_by_page_over_its_sub_prefixes(s3_bucket):
     assert [len(s.paths) for s in shards] == [1, 1, 1, 3, 2, 1, 1, 1, 3, 1]  # a slow start in each folder, then 3
 
 
+class ListingRequests:
+    """The ListObjectsV2 requests this process makes (their parameters), while in a `with` block."""
+
+    def __enter__(self):
+        self.made: list[dict] = []
+        storage.s3_client().meta.events.register("provide-client-params.s3.ListObjectsV2", self._record)
+        return self
+
+    def _record(self, params, **_):
+        self.made.append(dict(params))
+
+    def __exit__(self, *_):
+        storage.s3_client().meta.events.unregister("provide-client-params.s3.ListObjectsV2", self._record)
+
+
+def test_a_flat_s3_prefix_is_planned_from_one_page_and_read_whole_as_one_unit(s3_bucket):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = storage.s3_client()
+    top = [f"flat/{i:05d}.jpg" for i in range(1100)]  # more than one listing page directly at the top
+    keys = top + ["flat/later/a.jpg", "flat/later/deeper/b.png"]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: client.put_object(Bucket=s3_bucket, Key=key, Body=b"photo"), keys))
+    with ListingRequests() as requests:
+        plan = plan_tree(f"s3://{s3_bucket}/flat", ANIMALS10_CLASSES)
+    assert len(requests.made) == 1  # not a page per thousand photos on the driver
+    assert not plan.labelled and len(plan.units) == 1
+    assert sorted(p for p, _ in rows_of(plan)) == sorted(f"s3://{s3_bucket}/{k}" for k in keys)
+
+
+def test_the_first_shard_of_an_s3_folder_needs_one_small_listing_page(s3_bucket):
+    client = storage.s3_client()
+    for i in range(300):
+        client.put_object(Bucket=s3_bucket, Key=f"photos/gatto/{i:03d}.jpg", Body=b"photo")
+    (unit,) = plan_tree(f"s3://{s3_bucket}/photos/", ANIMALS10_CLASSES).units
+    shards = iter_shards(unit, rows_per_part=1000)
+    with ListingRequests() as requests:
+        first = next(shards)
+    assert len(first.paths) == 125  # an eighth of a part
+    assert [r["MaxKeys"] for r in requests.made] == [126]  # the shard and the row that shows it is full
+    assert sum(len(s.paths) for s in shards) == 300 - 125
+
+
 def test_s3_objects_read_at_once_come_in_order_through_one_client(s3_bucket):
     client = storage.s3_client()
     uris = []

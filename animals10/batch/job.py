@@ -196,20 +196,18 @@ def untouched_units_first(units: list[Unit], output_uri: str) -> list[Unit]:
     return sorted(units, key=lambda unit: unit.key not in untouched)  # stable: the order otherwise kept
 
 
-def classify_images(
-    config: BatchConfig, on_part_written: Callable[[str], None] | None = None, plan: Plan | None = None
-) -> JobSummary:
+def classify_images(config: BatchConfig, on_part_written: Callable[[str], None] | None = None) -> JobSummary:
     """Runs the job described by `config`; returns (and writes to `_summary.json`) its summary.
 
-    `plan` replaces the input's own plan (tests use it to control listing); `on_part_written(part_uri)`
-    is called on the driver as each new part is reported (progress hooks, tests)."""
+    `on_part_written(part_uri)` is called on the driver as each new part is reported (progress hooks,
+    tests)."""
     from animals10.card import read_card  # torch stays out of the listing and decoding workers
 
     started = time.perf_counter()
     card = read_card(config.model_uri)  # fails early, in one sentence, on a bad model path
     if config.unknown:
         check_threshold(card.open_world, config.unknown_threshold, config.model_uri)
-    plan = plan or plan_input(config, card.class_names)
+    plan = plan_input(config, card.class_names)
     storage.check_writable(config.output_uri)
     columns = (["unknown"] if config.unknown and card.open_world else []) + (["embedding"] if config.embeddings else [])
     job = {"model": card.id, "input": plan.input, "rows_per_part": config.rows_per_file, "columns": columns}

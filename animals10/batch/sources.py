@@ -3,8 +3,9 @@
 The input is cut into *units*, each read by one Ray task, in parallel with the others:
 
 - a folder or S3 prefix (`--input`): its top-level sub-folders, grouped into at most `MAX_UNITS`
-  units of consecutive folders, plus one unit for the photos directly at the top; each unit walks its
-  folders lazily (local) or lists them page by page (S3);
+  units of consecutive folders; each unit walks its folders lazily (local) or lists them page by page
+  (S3). With photos directly at the top (a flat bucket), the whole input is one unit: planning stops
+  at the first such photo instead of listing every object at the top on the driver;
 - a manifest (`--input-list`): one unit per manifest file (text, CSV or Parquet, or the data files
   of an S3 Inventory), read as a stream.
 
@@ -39,18 +40,17 @@ S3_PAGE_SIZE = 1000  # ListObjectsV2's largest page
 
 @dataclass(frozen=True)
 class Unit:
-    """What one listing task reads: folders (walked whole), the files directly in one folder, or a manifest file."""
+    """What one listing task reads: folders (each walked whole), or a manifest file."""
 
     key: str  # stable, file-name-safe id: the prefix of its shards' ids
     folders: tuple[str, ...] = ()
-    flat: str | None = None  # a folder whose own files (not its sub-folders') belong to this unit
     labels: tuple[str, ...] = ()  # the class of each of `folders` when the input is a labelled tree
     manifest: ManifestFile | None = None
 
     @property
     def on_s3_tree(self) -> bool:
         """A folder unit on S3, whose listing is in key order (and can start after any key)."""
-        return self.manifest is None and storage.is_s3(self.flat or self.folders[0])
+        return self.manifest is None and storage.is_s3(self.folders[0])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -100,15 +100,18 @@ def _is_photo(path: str) -> bool:
 # Planning, on the driver
 
 
+WHOLE_INPUT = "**"  # names the unit of an input with photos at its top (the key of a folder group is its names)
+PROBE_PAGE = 16  # keys in the first listing page of a folder checked for a photo
+
+
 def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
     """Units for a folder or S3 prefix, from its top level only. Rows get `true_label` when every
     top-level folder is named after one of `class_names` (Italian Animals-10 names count) and no photo
     lies directly at the top."""
     if storage.is_s3(input_uri):
         root = input_uri.rstrip("/") + "/"
-        folders = list(storage.s3_subfolders(root))
+        folders, top_photos = _s3_top_level(root)
         names = [f[len(root) :].rstrip("/") for f in folders]
-        top_photos = any(_is_photo(p) for page in storage.iter_s3_objects(root, recursive=False) for p in page)
     else:
         path = Path(input_uri).expanduser().resolve()
         if path.is_file():
@@ -118,16 +121,14 @@ def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
         if not path.exists():
             raise DataError(f"No images were found under '{input_uri}': it does not exist.")
         root = str(path)
-        entries = sorted((e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name)
-        folders = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-        names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-        top_photos = any(e.is_file() and _is_photo(e.name) for e in entries)
+        folders, top_photos = _local_top_level(root)
+        names = [Path(f).name for f in folders]
+    if top_photos:
+        return Plan(root.rstrip("/"), [Unit(key=_key(WHOLE_INPUT), folders=(root,))], labelled=False)
     known = set(class_names)
     labels = [class_name_for_folder(n) for n in names]
-    labelled = bool(folders) and not top_photos and all(label in known for label in labels)
+    labelled = bool(folders) and all(label in known for label in labels)
     units = []
-    if top_photos:
-        units.append(Unit(key=_key("./"), flat=root))
     groups = min(len(folders), MAX_UNITS)
     for g in range(groups):
         lo, hi = g * len(folders) // groups, (g + 1) * len(folders) // groups
@@ -138,19 +139,44 @@ def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
                 labels=tuple(labels[lo:hi]) if labelled else (),
             )
         )
-    plan = Plan(root.rstrip("/"), units, labelled)
-    if not top_photos and not any(_has_photo(folder) for folder in folders):
+    if not any(_has_photo(folder) for folder in folders):
         raise DataError(
             f"No images were found under '{input_uri}' (searched recursively for "
             f"{', '.join(storage.IMAGE_EXTENSIONS)}, any case)."
         )
-    return plan
+    return Plan(root.rstrip("/"), units, labelled)
+
+
+def _s3_top_level(root: str) -> tuple[list[str], bool]:
+    """(the sub-folders of an S3 prefix, whether a photo lies directly in it), listed only up to the
+    first such photo: a flat bucket costs one page here, not a page per thousand photos."""
+    folders = []
+    for page_folders, objects in storage.iter_s3_folder(root):
+        folders += page_folders
+        if any(_is_photo(uri) for uri in objects):
+            return folders, True
+    return folders, False
+
+
+def _local_top_level(root: str) -> tuple[list[str], bool]:
+    """(the sub-folders of a local folder by name, whether a photo lies directly in it), read only up to
+    the first such photo."""
+    folders = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)
+            elif _is_photo(entry.name):
+                return folders, True
+    return sorted(folders, key=lambda f: Path(f).name), False
 
 
 def _has_photo(folder: str) -> bool:
     """Whether a folder holds a photo at any depth; stops at the first one, in no particular order."""
     if storage.is_s3(folder):
-        return any(_is_photo(p) for page in storage.iter_s3_objects(folder) for p in page)
+        return any(_is_photo(p) for page in storage.iter_s3_objects(folder, first_page=PROBE_PAGE) for p in page)
     with os.scandir(folder) as entries:
         subfolders = []
         for entry in entries:
@@ -203,7 +229,7 @@ def iter_shards(unit: Unit, rows_per_part: int, resume_after: tuple[int, str] | 
     if unit.manifest:
         rows = manifest_rows(unit.manifest)
     else:
-        rows = _tree_paths(unit, min(S3_PAGE_SIZE, rows_per_part), resume_after[1] if resume_after else None)
+        rows = _tree_paths(unit, rows_per_part, resume_after[1] if resume_after else None)
     seen: set[int] = set()  # 8-byte hashes of one manifest file's URIs: a URI listed twice is classified once
     number = resume_after[0] + 1 if resume_after else 0
     shard = Shard(shard_id(unit.key, number), true_labels=[] if unit.labels else None)
@@ -251,32 +277,27 @@ def shard_number(shard: str) -> int:
 
 def can_list_after(unit: Unit, path: str) -> bool:
     """Whether the unit's listing can start right after `path`, one of its photos on S3."""
-    return unit.on_s3_tree and _member_of(unit, path) is not None
+    return unit.on_s3_tree and _folder_of(unit, path) is not None
 
 
-def _members(unit: Unit) -> list[tuple[str, str, bool]]:
-    """(folder, class or "", recursive) for each part of a tree unit, in listing order."""
-    members = [(unit.flat, "", False)] if unit.flat else []
-    return members + [(folder, unit.labels[i] if unit.labels else "", True) for i, folder in enumerate(unit.folders)]
+def _folder_of(unit: Unit, path: str) -> int | None:
+    return next((i for i, folder in enumerate(unit.folders) if path.startswith(folder.rstrip("/") + "/")), None)
 
 
-def _member_of(unit: Unit, path: str) -> int | None:
-    for i, (folder, _, recursive) in enumerate(_members(unit)):
-        prefix = folder.rstrip("/") + "/"
-        if path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :]):
-            return i
-    return None
-
-
-def _tree_paths(unit: Unit, page_size: int, after: str | None = None) -> Iterator[tuple[str, str]]:
+def _tree_paths(unit: Unit, rows_per_part: int, after: str | None = None) -> Iterator[tuple[str, str]]:
     """(photo path, class or "") of a tree unit, in a stable order; only those after the photo `after`
-    when given (S3 units only, see `can_list_after`)."""
-    members = _members(unit)
-    first = _member_of(unit, after) if after is not None else 0
-    for i, (folder, label, recursive) in enumerate(members[first:], start=first):
+    when given (S3 units only, see `can_list_after`). On S3 a unit's first listing page holds just over
+    its first shard, so that the shard goes on without waiting for a full page."""
+    first = _folder_of(unit, after) if after is not None else 0
+    for i, folder in enumerate(unit.folders[first:], start=first):
+        label = unit.labels[i] if unit.labels else ""
         if storage.is_s3(folder):
-            start = after if i == first else None
-            for page in storage.iter_s3_objects(folder, recursive=recursive, page_size=page_size, after=start):
-                yield from ((p, label) for p in page if _is_photo(p))
+            pages = storage.iter_s3_objects(
+                folder,
+                page_size=min(S3_PAGE_SIZE, rows_per_part),
+                after=after if i == first else None,
+                first_page=shard_rows(0, rows_per_part) + 1 if after is None and i == 0 else None,
+            )
+            yield from ((p, label) for page in pages for p in page if _is_photo(p))
         else:
-            yield from ((p, label) for p in storage.walk_local(folder, recursive=recursive) if _is_photo(p))
+            yield from ((p, label) for p in storage.walk_local(folder) if _is_photo(p))

@@ -86,8 +86,8 @@ def produce_shards(
     rows_per_part: int,
     resume: bool,
     expected: dict,
-    admit: Callable[[str], None] | None = None,
-    s3_endpoint: str | None = None,
+    admit: Callable[[str], None],
+    s3_endpoint: str | None,
 ) -> Iterator[pa.Table]:
     """Ray Data step 1 (a generator): each unit's shards as rows, as they are listed; `admit(shard_id)`
     returns once a new shard may go on (the job's `ListingGate`: how far listing runs ahead).
@@ -110,8 +110,7 @@ def produce_shards(
                 if number in done:
                     finished.append(number)  # only shards of today's input: a stray old part is not counted
                 else:
-                    if admit is not None:
-                        admit(shard.id)
+                    admit(shard.id)
                     yield _shard_table(shard, None)
         if finished:
             parts = [part_uri(output_uri, shard_id(unit.key, n)) for n in finished]

@@ -97,16 +97,15 @@ def evaluation_metrics(y_true, y_pred, class_names: list[str], probabilities=Non
     }
 
 
-def predict_paths(predictor, paths: list[str], batch_size: int = 64, num_threads: int | None = None):
+def predict_paths(predictor, paths: list[str], batch_size: int = 64):
     """Runs `predictor` over photos in batches: (the `Prediction` of the M photos scored, the M indices of
     `paths` scored, skipped [(path, why)])."""
     from tqdm.auto import tqdm
 
     from animals10.predictor import Prediction
 
-    num_threads = num_threads or min(8, (os.cpu_count() or 1) + 2)  # decoding waits on I/O too (S3)
     predictions, kept, skipped = [], [], []
-    with ThreadPoolExecutor(num_threads) as pool:
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) + 2)) as pool:  # decoding waits on I/O too (S3)
         starts = range(0, len(paths), batch_size)
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
             chunk = paths[start : start + batch_size]
