@@ -13,7 +13,7 @@ import numpy as np
 from animals10 import storage
 from animals10.card import Preprocessing
 from animals10.errors import DataError, NotFoundError, StorageError
-from animals10.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, load_array
+from animals10.imaging import ImageDecodeError, load_array
 from animals10.labels import class_name_for_folder, class_names_for_folders
 
 logger = logging.getLogger(__name__)
@@ -108,26 +108,22 @@ def photo_error(error: Exception) -> str:
     return f"corrupt: the image could not be decoded ({type(error).__name__}: {error})"
 
 
-def load_photo(
-    path: str, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray | None, str]:
+def load_photo(path: str, preprocessing: Preprocessing) -> tuple[np.ndarray | None, str]:
     """Reads and decodes one photo: ((S, S, 3) uint8, "") or, for a file that cannot be used, (None, its error)."""
     try:
-        return load_array(storage.read_bytes(path), preprocessing, max_pixels), ""
+        return load_array(storage.read_bytes(path), preprocessing), ""
     except Exception as error:  # noqa: BLE001 - named by photo_error; one odd file never stops a job
         return None, photo_error(error)
 
 
-def decode_batch(
-    batch: dict[str, np.ndarray], preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], preprocessing: Preprocessing) -> dict[str, np.ndarray]:
     """Ray Data batch of paths -> decoded (B, S, S, 3) uint8 photos, with `error` set (and zeros) for bad files."""
     paths = [str(p) for p in batch["path"]]
     size = preprocessing.image_size
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     errors = []
     for i, path in enumerate(paths):
-        image, error = load_photo(path, preprocessing, max_pixels)
+        image, error = load_photo(path, preprocessing)
         if image is None:
             logger.warning("Skipping %s: %s.", path, error)
         else:

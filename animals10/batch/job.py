@@ -86,7 +86,6 @@ class BatchConfig:
     decode: str = "cpu"  # where JPEGs are decoded: cpu, gpu (nvJPEG) or mixed; the GPU modes need GPUs
     gpu_share: float = 0.5  # decode="mixed": the share of JPEGs decoded on the GPU
     rows_per_file: int = 1000  # rows per Parquet part: the shard size
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger photos get error "too_large"
     progress: bool = True
 
 
@@ -170,7 +169,7 @@ def decode_task_memory(config: BatchConfig, image_size: int) -> int:
     """Bytes a decode task may need at peak: its process, the largest photo allowed decoded (3 bytes a
     pixel), and its shard's pixels three times (the array, its bytes, the Arrow column)."""
     return int(
-        DECODE_WORKER_BASE_MEMORY + config.max_pixels * 3 + 3 * config.rows_per_file * image_size * image_size * 3
+        DECODE_WORKER_BASE_MEMORY + DEFAULT_MAX_PIXELS * 3 + 3 * config.rows_per_file * image_size * image_size * 3
     )
 
 
@@ -306,7 +305,6 @@ def _run_pipeline(
             memory=decode_task_memory(config, preprocessing.image_size),
             fn_kwargs={
                 "preprocessing": preprocessing,
-                "max_pixels": config.max_pixels,
                 "gpu_share": gpu_share,
                 "s3_endpoint": endpoint,
             },
@@ -335,7 +333,6 @@ def _run_pipeline(
                 "unknown_threshold": config.unknown_threshold,
                 "embeddings": config.embeddings,
                 "gpu_decode": gpu_share > 0,
-                "max_pixels": config.max_pixels,
                 "s3_endpoint": endpoint,
             },
         )

@@ -34,7 +34,7 @@ from animals10.batch.sources import Shard, Unit, can_list_after, iter_shards, sh
 from animals10.card import Preprocessing
 from animals10.data import photo_error
 from animals10.errors import DataError
-from animals10.imaging import DEFAULT_MAX_PIXELS, load_array, open_image, resized_crop
+from animals10.imaging import load_array, open_image, resized_crop
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,6 @@ def check_same_job(stats: dict, expected: dict, uri: str) -> None:
 def decode_shard(
     shards: pa.Table,
     preprocessing: Preprocessing,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     gpu_share: float = 0.0,
     s3_endpoint: str | None = None,
 ) -> pa.Table:
@@ -200,10 +199,10 @@ def decode_shard(
             try:
                 if isinstance(data, Exception):
                     raise data
-                if gpu_share > 0 and int((i + 1) * gpu_share) > int(i * gpu_share) and _gpu_decodable(data, max_pixels):
+                if gpu_share > 0 and int((i + 1) * gpu_share) > int(i * gpu_share) and _gpu_decodable(data):
                     blobs[i] = data
                 else:
-                    images[i] = load_array(data, preprocessing, max_pixels)
+                    images[i] = load_array(data, preprocessing)
             except Exception as error:  # noqa: BLE001 - named by photo_error; one odd file never stops the job
                 shard_errors[i] = photo_error(error)
             if shard_errors[i]:
@@ -218,9 +217,9 @@ def decode_shard(
     return out.append_column(DECODED_FIELDS[1], pa.array(jpegs, DECODED_FIELDS[1].type))
 
 
-def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
+def _gpu_decodable(data: bytes) -> bool:
     """A baseline-or-progressive JPEG without EXIF rotation (nvJPEG ignores EXIF); raises for bad files."""
-    image = open_image(data, max_pixels)
+    image = open_image(data)
     if image.format != "JPEG" or image.mode not in ("RGB", "L"):
         return False
     return image.getexif().get(0x0112, 1) == 1
@@ -246,7 +245,6 @@ class ClassifyShard:
         unknown_threshold: float | None = None,
         embeddings: bool = False,
         gpu_decode: bool = False,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
         s3_endpoint: str | None = None,
     ):
         from animals10.predictor import Predictor
@@ -256,7 +254,7 @@ class ClassifyShard:
             model_uri, top_k=top_k, tta=tta, unknown=unknown, unknown_threshold=unknown_threshold
         )
         self.output_uri, self.job, self.labelled = output_uri, job, labelled
-        self.batch_size, self.max_pixels, self.embeddings = batch_size, max_pixels, embeddings
+        self.batch_size, self.embeddings = batch_size, embeddings
         self.unknown = self.predictor.open_world is not None
         width = self.predictor.embedding_width if embeddings else None
         self.schema = prediction_schema(labelled, self.unknown, width)
@@ -328,7 +326,7 @@ class ClassifyShard:
                 images[i] = decoded[i]
                 continue
             try:
-                images[i] = load_array(data, self.predictor.preprocessing, self.max_pixels)
+                images[i] = load_array(data, self.predictor.preprocessing)
             except Exception as error:  # noqa: BLE001 - named by photo_error
                 errors[i] = photo_error(error)
         return images
