@@ -116,13 +116,14 @@ def iter_s3_objects(
         raise explain(uri, error) from error
 
 
-def iter_s3_folder(uri: str) -> Iterator[tuple[list[str], list[str]]]:
+def iter_s3_folder(uri: str, first_page: int | None = None) -> Iterator[tuple[list[str], list[str]]]:
     """What lies directly under an S3 prefix, as a folder listing shows it, one page at a time:
-    (its "folders" (common prefixes) as s3:// URIs ending in '/', its objects' URIs), in key order."""
+    (its "folders" (common prefixes) as s3:// URIs ending in '/', its objects' URIs), in key order;
+    the first page of `first_page` entries when given, the others of 1,000."""
     bucket, prefix = split_s3(uri)
     request = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else "", "Delimiter": "/"}
     try:
-        for page in _list_pages(request, 1000, 1000):
+        for page in _list_pages(request, first_page or 1000, 1000):
             folders = [f"s3://{bucket}/{common['Prefix']}" for common in page.get("CommonPrefixes", [])]
             yield folders, [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
     except Exception as error:  # noqa: BLE001

@@ -132,6 +132,15 @@ def test_a_flat_s3_prefix_is_planned_from_one_page_and_read_whole_as_one_unit(s3
     assert sorted(p for p, _ in rows_of(plan)) == sorted(f"s3://{s3_bucket}/{k}" for k in keys)
 
 
+def test_every_top_level_s3_folder_is_planned_past_the_first_small_page(s3_bucket):
+    client = storage.s3_client()
+    days = [f"day-{d:02d}" for d in range(40)]  # more folders than the first page holds
+    for day in days:
+        client.put_object(Bucket=s3_bucket, Key=f"trips/{day}/a.jpg", Body=b"photo")
+    plan = plan_tree(f"s3://{s3_bucket}/trips", ANIMALS10_CLASSES)
+    assert [u.folders for u in plan.units] == [(f"s3://{s3_bucket}/trips/{day}/",) for day in days]
+
+
 def test_the_first_shard_of_an_s3_folder_needs_one_small_listing_page(s3_bucket):
     client = storage.s3_client()
     for i in range(300):

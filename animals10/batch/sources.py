@@ -101,7 +101,7 @@ def _is_photo(path: str) -> bool:
 
 
 WHOLE_INPUT = "**"  # names the unit of an input with photos at its top (the key of a folder group is its names)
-PROBE_PAGE = 16  # keys in the first listing page of a folder checked for a photo
+PROBE_PAGE = 16  # entries in the first listing page of a folder looked into for a photo or sub-folders
 
 
 def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
@@ -149,9 +149,9 @@ def plan_tree(input_uri: str, class_names: list[str]) -> Plan:
 
 def _s3_top_level(root: str) -> tuple[list[str], bool]:
     """(the sub-folders of an S3 prefix, whether a photo lies directly in it), listed only up to the
-    first such photo: a flat bucket costs one page here, not a page per thousand photos."""
+    first such photo: a flat bucket costs one small page here, not a page per thousand photos."""
     folders = []
-    for page_folders, objects in storage.iter_s3_folder(root):
+    for page_folders, objects in storage.iter_s3_folder(root, first_page=PROBE_PAGE):
         folders += page_folders
         if any(_is_photo(uri) for uri in objects):
             return folders, True

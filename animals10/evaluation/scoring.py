@@ -132,7 +132,6 @@ def evaluate_model(
     batch_size: int = 64,
     tta: bool = False,
     unknown: str | None = None,
-    device=None,
     name: str | None = None,
 ) -> ModelEvaluation:
     """Scores one artifact: on its validation split (data=None), on a labelled tree, or from a Parquet output;
@@ -157,7 +156,7 @@ def evaluate_model(
             read_validation_set(card, model_uri) if data is None else read_tree_set(card, model_uri, str(data))
         )
         unknown_paths = read_unknown_paths(card, unknown) if unknown and card.open_world else None  # fails early
-        predictor = Predictor(model_uri, device=device, top_k=TOP_K, tta=tta)
+        predictor = Predictor(model_uri, top_k=TOP_K, tta=tta)
         logger.info("Scoring %s on %s", name, evaluation_set.description)
         prediction, kept, skipped = predict_paths(predictor, evaluation_set.paths, batch_size)
         probabilities = prediction.probabilities

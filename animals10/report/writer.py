@@ -88,7 +88,6 @@ def write_report(
     batch_size: int = 64,
     tta: bool = False,
     unknown: str | None = None,
-    device=None,
 ) -> Report:
     """Scores each model (on its own validation split, or on `data`: a labelled tree or a Parquet output
     with true_label) and writes the comparison report to `output`. Every history is read first, so
@@ -97,5 +96,5 @@ def write_report(
     for uri in model_uris:
         read_card(uri)  # 'not a model artifact' before 'no history'
     histories = {uri: read_history(uri) for uri in model_uris}
-    evaluations = evaluate_models(model_uris, data, batch_size=batch_size, tta=tta, unknown=unknown, device=device)
+    evaluations = evaluate_models(model_uris, data, batch_size=batch_size, tta=tta, unknown=unknown)
     return render_report(evaluations, histories, output, samples)
