@@ -78,7 +78,6 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None  # a file with the backbone's ImageNet weights
     max_failures: int = 0  # worker or node failures to recover from, from the latest checkpoint
-    mixed_precision: bool = True  # bfloat16 autocast on GPUs; no effect on CPUs
     # Decode the photos once and keep them in Ray's object store for every epoch; None: when they
     # take at most a quarter of it. Else each epoch decodes them again as it streams them.
     cache_decoded: bool | None = None

@@ -54,7 +54,6 @@ def train_one_epoch(
     augmentation: Augmentation | None,
     device: torch.device,
     label_smoothing: float = 0.0,
-    mixed_precision: bool = True,
     class_weights: torch.Tensor | None = None,
     num_classes: int | None = None,
     copies: int = 1,
@@ -81,7 +80,7 @@ def train_one_epoch(
         targets = labels
         if augmentation is not None and augmentation.mixes:
             x, targets = mix_batch(x, labels, num_classes, augmentation)  # (B, num_classes) soft targets
-        with autocast(device, mixed_precision):
+        with autocast(device):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), targets, weight=class_weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -102,7 +101,6 @@ def validate(
     preprocessing: Preprocessing,
     device: torch.device,
     num_classes: int,
-    mixed_precision: bool = True,
 ) -> EpochTotals:
     """Loss and confusion matrix over `batches` (no collective ops: safe on any subset of workers)."""
     totals = EpochTotals(confusion=np.zeros((num_classes, num_classes), dtype=np.int64), calibration=empty_sums())
@@ -113,7 +111,7 @@ def validate(
         totals.skipped += skipped
         if not len(labels):
             continue
-        with autocast(device, mixed_precision):
+        with autocast(device):
             logits = model(to_model_input(images, preprocessing)).float()
         totals.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         predictions = logits.argmax(1)

@@ -268,11 +268,11 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
         )
         train_totals = train_one_epoch(
             model, batches, optimizer, train_preprocessing, config.augmentation, device, config.label_smoothing,
-            config.mixed_precision, class_weights, num_classes, config.copies,
+            class_weights, num_classes, config.copies,
         )  # fmt: skip
         _broadcast_buffers(model)
         val_batches = val_shard.iter_batches(batch_size=batch_size * 2, batch_format="numpy", prefetch_batches=2)
-        val_totals = validate(unwrap(model), val_batches, preprocessing, device, num_classes, config.mixed_precision)
+        val_totals = validate(unwrap(model), val_batches, preprocessing, device, num_classes)
         metrics = _epoch_metrics(train_totals, val_totals, task.class_names, world_size)
         skipped = _all_gather_paths(train_totals.skipped + val_totals.skipped)
         lr = optimizer.param_groups[0]["lr"]
