@@ -105,12 +105,11 @@ def iter_s3_objects(
     """The object URIs under an S3 prefix, at any depth, one listing page at a time (`page_size` keys at
     most, the first page `first_page` keys when given: a small page comes back sooner), in key order;
     only those after the object URI `after` when given."""
-    bucket, prefix = split_s3(uri)
-    request = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else ""}
+    bucket, request = _listing(uri)
     if after is not None:
         request["StartAfter"] = split_s3(after)[1]
     try:
-        for page in _list_pages(request, first_page or page_size, page_size):
+        for page in _list_pages(request, first_page, page_size):
             yield [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
     except Exception as error:  # noqa: BLE001 - translated into one sentence
         raise explain(uri, error) from error
@@ -120,19 +119,24 @@ def iter_s3_folder(uri: str, first_page: int | None = None) -> Iterator[tuple[li
     """What lies directly under an S3 prefix, as a folder listing shows it, one page at a time:
     (its "folders" (common prefixes) as s3:// URIs ending in '/', its objects' URIs), in key order;
     the first page of `first_page` entries when given, the others of 1,000."""
-    bucket, prefix = split_s3(uri)
-    request = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else "", "Delimiter": "/"}
+    bucket, request = _listing(uri, Delimiter="/")
     try:
-        for page in _list_pages(request, first_page or 1000, 1000):
+        for page in _list_pages(request, first_page):
             folders = [f"s3://{bucket}/{common['Prefix']}" for common in page.get("CommonPrefixes", [])]
             yield folders, [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
     except Exception as error:  # noqa: BLE001
         raise explain(uri, error) from error
 
 
-def _list_pages(request: dict, first_page: int, page_size: int) -> Iterator[dict]:
-    """ListObjectsV2's pages for `request`, the first of `first_page` keys, the others of `page_size`."""
-    max_keys = first_page
+def _listing(uri: str, **options) -> tuple[str, dict]:
+    """(bucket, the ListObjectsV2 request for what lies under the prefix of `uri`, seen as a folder)."""
+    bucket, prefix = split_s3(uri)
+    return bucket, {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/" if prefix else "", **options}
+
+
+def _list_pages(request: dict, first_page: int | None, page_size: int = 1000) -> Iterator[dict]:
+    """ListObjectsV2's pages for `request` of `page_size` keys at most, the first of `first_page` when given."""
+    max_keys = first_page or page_size
     while True:
         page = s3_client().list_objects_v2(**request, MaxKeys=max_keys)
         yield page
